@@ -1,0 +1,115 @@
+//! The `analytics-processor` command: parse, set up logging, dispatch.
+
+use std::process::ExitCode;
+
+use analytics_processor::config::{Cli, Command, CommonOpts, FileConfig, Format, SqlCommand};
+use analytics_processor::{metrics::catalog, produce, query, run_daemon, sink::store::OutputStore};
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,datafusion=warn,rdkafka=warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+}
+
+fn output_store(common: CommonOpts, file: &FileConfig) -> anyhow::Result<OutputStore> {
+    let c = common.or(file.common.clone()).resolve();
+    Ok(OutputStore::open(&c.output, &c.s3)?)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run { common, run } => {
+            let common = common.or(file.common).resolve();
+            let run = run.or(file.run).resolve()?;
+            let token = CancellationToken::new();
+            cancel_on_signals(token.clone());
+            let s = run_daemon(common, run, token).await?;
+            eprintln!(
+                "stopped: {} epochs, {} messages ({} signals, {} executions, {} dead letters, {} late), {} metric rows",
+                s.epochs, s.messages, s.signals, s.executions, s.dead_letters, s.late_events, s.metric_rows
+            );
+        }
+        Command::Produce {
+            common,
+            produce: opts,
+        } => {
+            let common = common.or(file.common).resolve();
+            let s = produce::produce(&common, opts).await?;
+            let n = s.signals + s.executions;
+            eprintln!(
+                "produced {n} messages ({} signals, {} executions) in {:.1} s: {:.0} messages/s",
+                s.signals,
+                s.executions,
+                s.seconds,
+                n as f64 / s.seconds.max(1e-9)
+            );
+        }
+        Command::Query {
+            common,
+            format,
+            sql,
+        } => {
+            let store = output_store(common, &file)?;
+            let batches = query::collect(&store, &sql).await?;
+            match format {
+                Format::Table => {
+                    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?)
+                }
+                Format::Json => {
+                    let mut w = arrow::json::LineDelimitedWriter::new(std::io::stdout().lock());
+                    w.write_batches(&batches.iter().collect::<Vec<_>>())?;
+                    w.finish()?;
+                }
+            }
+        }
+        Command::Sql {
+            command: SqlCommand::Check { common },
+        } => {
+            let c = common.or(file.common).resolve();
+            let metrics = catalog::load(&c.sql_dir)?;
+            catalog::check(&metrics).await?;
+            for m in &metrics {
+                println!("ok  {}", m.path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime");
+    let result = rt.and_then(|rt| rt.block_on(dispatch(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

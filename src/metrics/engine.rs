@@ -1,0 +1,338 @@
+//! Finalizing windows: the raw rows of a time range are read back from the
+//! store, deduplicated by id, executions joined to their signals, and every
+//! metric query run over them on DataFusion. The daemon and a backfill call
+//! the same function, so batch boundaries cannot change a result.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use chrono::DateTime;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use tracing::{info, warn};
+
+use crate::metrics::catalog::{Metric, INPUT_EXECUTIONS, INPUT_SIGNALS};
+use crate::schema;
+use crate::sink::parquet::encode;
+use crate::sink::partition::{split_by_hour, HourPartition};
+use crate::sink::store::{OutputStore, StoreError};
+use crate::tables::{self, EXECUTIONS_ENRICHED, RAW_EXECUTIONS, RAW_SIGNALS, SIGNALS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("query failed while finalizing windows {range}: {source}")]
+    Query {
+        range: String,
+        #[source]
+        source: DataFusionError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding {table} for {range}: {reason}")]
+    Encode {
+        table: String,
+        range: String,
+        reason: String,
+    },
+}
+
+/// What one finalization produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FinalizeSummary {
+    pub signals: usize,
+    pub executions: usize,
+    /// Rows written per metric.
+    pub metric_rows: BTreeMap<String, usize>,
+    /// Metrics whose query failed, with the error; the others still ran.
+    pub metric_errors: Vec<(String, String)>,
+    pub files: Vec<String>,
+}
+
+/// Runs the finalization of window ranges against one output store.
+pub struct Finalizer {
+    store: OutputStore,
+    runtime: Arc<RuntimeEnv>,
+    /// How far back a signal may precede its execution and still be joined.
+    lookback_us: i64,
+}
+
+/// `2026-01-01T10:05` style bound for file names and messages.
+pub fn format_bound(t: i64) -> String {
+    DateTime::from_timestamp_micros(t)
+        .map(|d| d.format("%Y%m%dT%H%M").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn range_name(from: i64, to: i64) -> String {
+    format!("{}-{}", format_bound(from), format_bound(to))
+}
+
+/// `(dt = … AND hour = …) OR …` over the partitions of `[from, to)`, so a
+/// scan opens only those folders.
+fn partition_filter(from: i64, to: i64) -> String {
+    let parts: Vec<String> = HourPartition::covering(from, to)
+        .iter()
+        .map(|p| {
+            let path = p.path();
+            let (dt, hour) = path.split_once('/').expect("dt=…/hour=…");
+            format!(
+                "(dt = '{}' AND hour = '{}')",
+                &dt["dt=".len()..],
+                &hour["hour=".len()..]
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        "FALSE".into()
+    } else {
+        format!("({})", parts.join(" OR "))
+    }
+}
+
+fn column_list(schema: &arrow::datatypes::Schema, prefix: &str) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{prefix}{}", f.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Deduplicated rows of `table` with event time in `[from, to)`; among
+/// duplicates the first by Kafka position wins (they carry the same event).
+fn dedupe_sql(table: &str, id: &str, time: &str, columns: &str, from: i64, to: i64) -> String {
+    format!(
+        "SELECT {columns} FROM (
+            SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY kafka_partition, kafka_offset) AS rn
+            FROM {table}
+            WHERE {filter} AND CAST({time} AS BIGINT) >= {from} AND CAST({time} AS BIGINT) < {to}
+        ) WHERE rn = 1",
+        filter = partition_filter(from, to)
+    )
+}
+
+impl Finalizer {
+    /// `memory_limit` bounds DataFusion's memory pool (bytes).
+    pub fn new(
+        store: OutputStore,
+        memory_limit: usize,
+        lookback_us: i64,
+    ) -> Result<Self, DataFusionError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(memory_limit, 1.0)
+            .build_arc()?;
+        Ok(Self {
+            store,
+            runtime,
+            lookback_us,
+        })
+    }
+
+    async fn context(&self) -> Result<SessionContext, DataFusionError> {
+        let config = SessionConfig::new().with_target_partitions(2);
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        self.store.register(&ctx);
+        for t in tables::fixed_tables() {
+            if t.name == RAW_SIGNALS || t.name == RAW_EXECUTIONS {
+                tables::register(&ctx, &self.store, &t).await?;
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// Finalizes the windows in `[from, to)` with `metrics`, writing
+    /// `signals`, `executions_enriched` and `metrics/*` for that range.
+    pub async fn finalize(
+        &self,
+        metrics: &[Metric],
+        from: i64,
+        to: i64,
+    ) -> Result<FinalizeSummary, EngineError> {
+        let range = range_name(from, to);
+        let q = |source| EngineError::Query {
+            range: range.clone(),
+            source,
+        };
+        let ctx = self.context().await.map_err(q)?;
+        let sig_cols = column_list(&schema::signals_schema(), "");
+        let exe_cols = column_list(&schema::raw_executions_schema(), "");
+        let exe_contract = column_list(
+            &arrow::datatypes::Schema::new(schema::execution_fields()),
+            "e.",
+        );
+
+        let signals_sql = dedupe_sql(RAW_SIGNALS, "signal_id", "emitted_at", &sig_cols, from, to);
+        let signals = ctx
+            .sql(&signals_sql)
+            .await
+            .map_err(q)?
+            .collect()
+            .await
+            .map_err(q)?;
+
+        // Signals of the lookback as well: an execution's signal usually came first.
+        let lookback_sql = dedupe_sql(
+            RAW_SIGNALS,
+            "signal_id",
+            "emitted_at",
+            "signal_id, price, emitted_at",
+            from - self.lookback_us,
+            to,
+        );
+        let executions_sql = format!(
+            "WITH e AS ({raw}), s AS ({lookback})
+             SELECT {exe_contract},
+                 s.price AS signal_price,
+                 s.emitted_at AS signal_emitted_at,
+                 (e.avg_fill_price - s.price) / s.price * 10000.0
+                     * CASE WHEN e.side = 'sell' THEN -1.0 ELSE 1.0 END AS slippage_bps,
+                 CAST(CAST(e.executed_at AS BIGINT) - CAST(s.emitted_at AS BIGINT) AS DOUBLE) / 1000.0
+                     AS signal_to_fill_ms
+             FROM e LEFT JOIN s ON e.signal_id = s.signal_id
+             ORDER BY e.executed_at, e.execution_id",
+            raw = dedupe_sql(RAW_EXECUTIONS, "execution_id", "executed_at", &exe_cols, from, to),
+            lookback = lookback_sql,
+        );
+        let executions = ctx
+            .sql(&executions_sql)
+            .await
+            .map_err(q)?
+            .collect()
+            .await
+            .map_err(q)?;
+
+        let mut summary = FinalizeSummary {
+            signals: signals.iter().map(RecordBatch::num_rows).sum(),
+            executions: executions.iter().map(RecordBatch::num_rows).sum(),
+            ..Default::default()
+        };
+        summary
+            .files
+            .extend(self.write(SIGNALS, &signals, "emitted_at", &range).await?);
+        summary.files.extend(
+            self.write(EXECUTIONS_ENRICHED, &executions, "executed_at", &range)
+                .await?,
+        );
+
+        let mctx = SessionContext::new_with_config_rt(SessionConfig::new(), self.runtime.clone());
+        crate::metrics::udf::register(&mctx);
+        let mem = |schema, batches: Vec<RecordBatch>| {
+            MemTable::try_new(schema, vec![batches]).map(Arc::new)
+        };
+        mctx.register_table(
+            INPUT_SIGNALS,
+            mem(schema::signals_schema(), signals).map_err(q)?,
+        )
+        .map_err(q)?;
+        mctx.register_table(
+            INPUT_EXECUTIONS,
+            mem(schema::executions_enriched_schema(), executions).map_err(q)?,
+        )
+        .map_err(q)?;
+        for m in metrics {
+            let rows = match mctx.sql(&m.sql).await {
+                Ok(df) => df.collect().await,
+                Err(e) => Err(e),
+            };
+            match rows {
+                Ok(rows) => {
+                    summary
+                        .metric_rows
+                        .insert(m.name.clone(), rows.iter().map(RecordBatch::num_rows).sum());
+                    let table = format!("metrics/{}", m.name);
+                    summary
+                        .files
+                        .extend(self.write(&table, &rows, "window_start", &range).await?);
+                }
+                Err(e) => {
+                    warn!(metric = %m.name, file = %m.path.display(), windows = %range, error = %e,
+                          "metric query failed; its rows for these windows are missing until reprocessed");
+                    summary.metric_errors.push((m.name.clone(), e.to_string()));
+                }
+            }
+        }
+        info!(windows = %range, signals = summary.signals, executions = summary.executions,
+              files = summary.files.len(), "windows finalized");
+        Ok(summary)
+    }
+
+    /// Writes `batches` of `table` split by the hour of `time_column`, one
+    /// file per partition named after the range; returns the files written.
+    async fn write(
+        &self,
+        table: &str,
+        batches: &[RecordBatch],
+        time_column: &str,
+        range: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let folder = if table.starts_with("metrics/") {
+            table.to_string()
+        } else {
+            tables::folder_of(table)
+        };
+        write_partitioned(
+            &self.store,
+            &folder,
+            batches,
+            time_column,
+            &format!("w-{range}"),
+        )
+        .await
+    }
+}
+
+/// Splits `batches` by the hour of `time_column` and writes one Parquet file
+/// `<folder>/dt=…/hour=…/<stem>.parquet` per hour. Empty input writes nothing.
+pub async fn write_partitioned(
+    store: &OutputStore,
+    folder: &str,
+    batches: &[RecordBatch],
+    time_column: &str,
+    stem: &str,
+) -> Result<Vec<String>, EngineError> {
+    let enc = |reason: String| EngineError::Encode {
+        table: folder.to_string(),
+        range: stem.to_string(),
+        reason,
+    };
+    let mut by_hour: BTreeMap<HourPartition, Vec<RecordBatch>> = BTreeMap::new();
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        for (p, part) in split_by_hour(b, time_column).map_err(|e| enc(e.to_string()))? {
+            by_hour.entry(p).or_default().push(part);
+        }
+    }
+    let mut files = Vec::with_capacity(by_hour.len());
+    for (p, parts) in by_hour {
+        let bytes = encode(&parts).map_err(|e| enc(e.to_string()))?;
+        let rel = format!("{folder}/{}/{stem}.parquet", p.path());
+        store.put(&rel, bytes).await?;
+        files.push(rel);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_filter_names_every_hour() {
+        let h = 1_767_261_600_000_000; // 2026-01-01T10:00Z
+        assert_eq!(
+            partition_filter(h, h + 60_000_000),
+            "((dt = '2026-01-01' AND hour = '10'))"
+        );
+        assert_eq!(
+            partition_filter(h - 60_000_000, h + 60_000_000),
+            "((dt = '2026-01-01' AND hour = '09') OR (dt = '2026-01-01' AND hour = '10'))"
+        );
+        assert_eq!(partition_filter(h, h), "FALSE");
+        assert_eq!(
+            range_name(h, h + 300_000_000),
+            "20260101T1000-20260101T1005"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The output location: a local directory, `s3://bucket/prefix` or
+//! `memory://`, behind one `ObjectStore` with a root prefix.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+/// Errors of the output store; every one names the location it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("output location {location:?}: {reason}")]
+    Location { location: String, reason: String },
+    #[error("output store, {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// Settings for S3-compatible stores, beyond what `AWS_*` variables give.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// e.g. `http://127.0.0.1:9000`; plain HTTP is allowed when given.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+/// Where outputs go. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OutputStore {
+    store: Arc<dyn ObjectStore>,
+    /// Prefix of every output object inside `store`.
+    root: Path,
+    /// URL of the store itself (`file:///`, `s3://bucket/`, `memory://`).
+    store_url: Url,
+}
+
+impl OutputStore {
+    /// Opens `location`: a path (created if missing) or a URL.
+    pub fn open(location: &str, s3: &S3Options) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::Location {
+            location: location.to_string(),
+            reason,
+        };
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name (expected s3://bucket/prefix)".into()));
+            }
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(e) = &s3.endpoint {
+                b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+            }
+            if let Some(r) = &s3.region {
+                b = b.with_region(r);
+            }
+            if let Some(k) = &s3.access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(k) = &s3.secret_access_key {
+                b = b.with_secret_access_key(k);
+            }
+            let store = b.build().map_err(|e| bad(e.to_string()))?;
+            return Ok(Self {
+                store: Arc::new(store),
+                root: Path::from(prefix.trim_matches('/')),
+                store_url: Url::parse(&format!("s3://{bucket}/"))
+                    .map_err(|e| bad(e.to_string()))?,
+            });
+        }
+        if let Some(name) = location.strip_prefix("memory://") {
+            return Ok(Self {
+                store: Arc::new(InMemory::new()),
+                root: Path::from(name.trim_matches('/')),
+                store_url: Url::parse("memory://").expect("static url"),
+            });
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(bad(
+                "unsupported scheme (use a path, file://, s3:// or memory://)".into(),
+            ));
+        }
+        let dir = location.strip_prefix("file://").unwrap_or(location);
+        std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create directory: {e}")))?;
+        let abs = std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?;
+        let root = Path::from_absolute_path(&abs).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(LocalFileSystem::new()),
+            root,
+            store_url: Url::parse("file:///").expect("static url"),
+        })
+    }
+
+    /// The object path of `rel` (slash-separated, relative to the root).
+    pub fn path(&self, rel: &str) -> Path {
+        let mut p = self.root.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// URL of the folder `rel`, as DataFusion wants it (trailing slash).
+    pub fn folder_url(&self, rel: &str) -> String {
+        format!("{}{}/", self.store_url, self.path(rel))
+    }
+
+    /// Makes the store reachable from `ctx` under its URL.
+    pub fn register(&self, ctx: &SessionContext) {
+        ctx.register_object_store(&self.store_url, self.store.clone());
+    }
+
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Writes an object atomically (readers see all of it or nothing).
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = self.path(rel);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Io {
+                op: "writing",
+                path: self.describe(&path),
+                source,
+            })
+    }
+
+    /// Reads an object, `None` if it does not exist.
+    pub async fn get(&self, rel: &str) -> Result<Option<Bytes>, StoreError> {
+        let path = self.path(rel);
+        let io = |source| StoreError::Io {
+            op: "reading",
+            path: self.describe(&path),
+            source,
+        };
+        match self.store.get(&path).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(io)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Every object under the folder `rel`, relative paths sorted.
+    pub async fn list(&self, rel: &str) -> Result<Vec<(String, ObjectMeta)>, StoreError> {
+        let prefix = self.path(rel);
+        let mut out: Vec<(String, ObjectMeta)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| {
+                let rel = m
+                    .location
+                    .prefix_match(&self.root)
+                    .map(|parts| {
+                        parts
+                            .map(|p| p.as_ref().to_string())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    })
+                    .unwrap_or_else(|| m.location.to_string());
+                (rel, m)
+            })
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Io {
+                op: "listing",
+                path: self.describe(&prefix),
+                source,
+            })?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Names of the sub-folders directly under the folder `rel`.
+    pub async fn folders(&self, rel: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = self.path(rel);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|source| StoreError::Io {
+                op: "listing",
+                path: self.describe(&prefix),
+                source,
+            })?;
+        let mut out: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Human-readable location of `path`, for errors and logs.
+    pub fn describe(&self, path: &Path) -> String {
+        format!("{}{}", self.store_url, path)
+    }
+
+    /// The root, as a URL.
+    pub fn root_url(&self) -> String {
+        format!("{}{}", self.store_url, self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_round_trip_in_memory_and_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("out");
+        for loc in ["memory://root/x", local.to_str().unwrap()] {
+            let s = OutputStore::open(loc, &S3Options::default()).unwrap();
+            assert_eq!(s.get("a/b.txt").await.unwrap(), None);
+            s.put("a/b.txt", Bytes::from_static(b"hi")).await.unwrap();
+            s.put("a/c/d.txt", Bytes::from_static(b"yo")).await.unwrap();
+            s.put("z.txt", Bytes::from_static(b"no")).await.unwrap();
+            assert_eq!(
+                s.get("a/b.txt").await.unwrap().unwrap(),
+                Bytes::from_static(b"hi")
+            );
+            let names: Vec<_> = s
+                .list("a")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            assert_eq!(names, ["a/b.txt", "a/c/d.txt"]);
+            assert_eq!(s.folders("a").await.unwrap(), ["c"]);
+            assert!(s.folders("nothing").await.unwrap().is_empty());
+            assert!(
+                s.folder_url("raw/x").ends_with("/raw/x/"),
+                "{}",
+                s.folder_url("raw/x")
+            );
+        }
+        assert!(local.join("a/c/d.txt").exists());
+    }
+
+    #[test]
+    fn bad_locations_are_named() {
+        let e = OutputStore::open("ftp://x", &S3Options::default()).unwrap_err();
+        assert!(e.to_string().contains("ftp://x"), "{e}");
+        let e = OutputStore::open("s3:///p", &S3Options::default()).unwrap_err();
+        assert!(e.to_string().contains("bucket"), "{e}");
+    }
+}

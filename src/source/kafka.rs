@@ -1,0 +1,89 @@
+//! Kafka clients: the consumer with manual offsets, offset commits, topic
+//! creation and a producer.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::ThreadedProducer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::buffer::OffsetRanges;
+
+/// A consumer of both topics in `group`, committing offsets only when told.
+/// `memory_limit` caps librdkafka's prefetch queue at a quarter of it.
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    topics: &[&str],
+    memory_limit: usize,
+) -> Result<StreamConsumer, KafkaError> {
+    let queue_kb = (memory_limit / 4 / 1024).clamp(16 * 1024, 2 * 1024 * 1024);
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("queued.max.messages.kbytes", queue_kb.to_string())
+        .set("fetch.message.max.bytes", "16777216")
+        .create()?;
+    c.subscribe(topics)?;
+    Ok(c)
+}
+
+/// Commits "next offset to read" for every range of the epoch.
+pub fn commit(consumer: &StreamConsumer, ranges: &OffsetRanges) -> Result<(), KafkaError> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), r) in ranges {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(r.last + 1))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+/// A producer tuned for throughput; sends are queued and flushed in the background.
+pub fn producer(brokers: &str) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000")
+        .set("message.max.bytes", "16777216")
+        .create()
+}
+
+/// Creates `topics` with `partitions` partitions each; existing ones are kept.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics(&new, &opts).await? {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(%topic, %code, "cannot create topic");
+                })
+            }
+        }
+    }
+    Ok(())
+}

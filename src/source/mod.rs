@@ -1,0 +1,3 @@
+//! Reading from Kafka.
+
+pub mod kafka;

@@ -1,0 +1,122 @@
+//! The output tables by name, where they live under the output root, and
+//! their registration in DataFusion as Hive-partitioned listing tables.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::Result;
+use datafusion::prelude::SessionContext;
+
+use crate::schema::{self, EXECUTIONS_TOPIC, SIGNALS_TOPIC};
+use crate::sink::store::OutputStore;
+
+/// One output table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// SQL name, e.g. `raw_execution_results`.
+    pub name: String,
+    /// Folder under the output root, e.g. `raw/execution_results`.
+    pub folder: String,
+    /// Known schema; `None` for metrics, whose schema comes from their files.
+    pub schema: Option<SchemaRef>,
+}
+
+impl Table {
+    fn fixed(name: &str, folder: &str, schema: SchemaRef) -> Self {
+        Self {
+            name: name.into(),
+            folder: folder.into(),
+            schema: Some(schema),
+        }
+    }
+
+    /// A metric table `metrics/<name>`.
+    pub fn metric(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            folder: format!("metrics/{name}"),
+            schema: None,
+        }
+    }
+}
+
+pub const RAW_SIGNALS: &str = "raw_influencer_signals";
+pub const RAW_EXECUTIONS: &str = "raw_execution_results";
+pub const SIGNALS: &str = "signals";
+pub const EXECUTIONS_ENRICHED: &str = "executions_enriched";
+
+/// Folder of the dead letters of `topic`.
+pub fn dead_letter_folder(topic: &str) -> String {
+    format!("_dead_letter/{topic}")
+}
+
+/// The tables whose schema the service fixes.
+pub fn fixed_tables() -> Vec<Table> {
+    vec![
+        Table::fixed(
+            RAW_SIGNALS,
+            "raw/influencer_signals",
+            schema::raw_signals_schema(),
+        ),
+        Table::fixed(
+            RAW_EXECUTIONS,
+            "raw/execution_results",
+            schema::raw_executions_schema(),
+        ),
+        Table::fixed(SIGNALS, "signals", schema::signals_schema()),
+        Table::fixed(
+            EXECUTIONS_ENRICHED,
+            "executions_enriched",
+            schema::executions_enriched_schema(),
+        ),
+        Table::fixed(
+            "dead_letter_influencer_signals",
+            &dead_letter_folder(SIGNALS_TOPIC),
+            schema::dead_letter_schema(),
+        ),
+        Table::fixed(
+            "dead_letter_execution_results",
+            &dead_letter_folder(EXECUTIONS_TOPIC),
+            schema::dead_letter_schema(),
+        ),
+    ]
+}
+
+/// The table of `folder`, as fixed_tables() names it.
+pub fn folder_of(name: &str) -> String {
+    fixed_tables()
+        .into_iter()
+        .find(|t| t.name == name)
+        .map(|t| t.folder)
+        .unwrap_or_else(|| format!("metrics/{name}"))
+}
+
+/// Registers `table` in `ctx` with `dt` and `hour` partition columns.
+/// Returns `false` (and registers nothing) for a metric with no files yet.
+pub async fn register(ctx: &SessionContext, store: &OutputStore, table: &Table) -> Result<bool> {
+    let url = ListingTableUrl::parse(store.folder_url(&table.folder))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![
+            ("dt".to_string(), DataType::Utf8),
+            ("hour".to_string(), DataType::Utf8),
+        ]);
+    let config = ListingTableConfig::new(url).with_listing_options(options.clone());
+    let config = match &table.schema {
+        Some(s) => config.with_schema(s.clone()),
+        None => {
+            let state = ctx.state();
+            match options.infer_schema(&state, &config.table_paths[0]).await {
+                Ok(s) if !s.fields().is_empty() => config.with_schema(s),
+                _ => return Ok(false),
+            }
+        }
+    };
+    ctx.deregister_table(&table.name)?;
+    ctx.register_table(&table.name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(true)
+}

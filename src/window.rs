@@ -1,0 +1,157 @@
+//! Event-time windows and watermarks: pure arithmetic, no I/O.
+//!
+//! Times are microseconds since the Unix epoch (UTC). Windows are tumbling,
+//! one minute long, start inclusive.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Length of every metric window.
+pub const WINDOW_MICROS: i64 = 60_000_000;
+
+/// Start of the window holding `t`.
+pub fn window_start(t: i64) -> i64 {
+    t.div_euclid(WINDOW_MICROS) * WINDOW_MICROS
+}
+
+/// Per-partition progress of event time, giving the watermark.
+///
+/// The watermark is the minimum over partitions of the maximum event time
+/// seen, minus the allowed lateness. A partition that has delivered nothing
+/// for `idle_timeout` stops holding it back; when every partition is idle the
+/// stream is caught up and the watermark follows the newest event.
+#[derive(Debug, Clone)]
+pub struct WatermarkTracker {
+    allowed_lateness_us: i64,
+    idle_timeout: Duration,
+    partitions: BTreeMap<(String, i32), PartitionProgress>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionProgress {
+    max_event_time: i64,
+    last_seen: Instant,
+}
+
+impl WatermarkTracker {
+    pub fn new(allowed_lateness: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            allowed_lateness_us: allowed_lateness.as_micros() as i64,
+            idle_timeout,
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    /// Records an event of `topic`/`partition` with event time `t`, seen at `now`.
+    pub fn observe(&mut self, topic: &str, partition: i32, t: i64, now: Instant) {
+        match self.partitions.get_mut(&(topic.to_owned(), partition)) {
+            Some(p) => {
+                p.max_event_time = p.max_event_time.max(t);
+                p.last_seen = now;
+            }
+            None => {
+                self.partitions.insert(
+                    (topic.to_owned(), partition),
+                    PartitionProgress {
+                        max_event_time: t,
+                        last_seen: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Marks a partition as having delivered a message (even an invalid one)
+    /// so that it does not count as idle.
+    pub fn touch(&mut self, topic: &str, partition: i32, now: Instant) {
+        if let Some(p) = self.partitions.get_mut(&(topic.to_owned(), partition)) {
+            p.last_seen = now;
+        }
+    }
+
+    /// Forgets partitions this instance no longer owns.
+    pub fn retain(&mut self, keep: impl Fn(&str, i32) -> bool) {
+        self.partitions.retain(|(t, p), _| keep(t, *p));
+    }
+
+    /// Current watermark, or `None` before any event.
+    pub fn watermark(&self, now: Instant) -> Option<i64> {
+        let active = self
+            .partitions
+            .values()
+            .filter(|p| now.duration_since(p.last_seen) < self.idle_timeout)
+            .map(|p| p.max_event_time)
+            .min();
+        let newest = self.partitions.values().map(|p| p.max_event_time).max();
+        active
+            .or(newest)
+            .map(|t| t.saturating_sub(self.allowed_lateness_us))
+    }
+
+    /// Maximum event time seen on any partition.
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.partitions.values().map(|p| p.max_event_time).max()
+    }
+}
+
+/// Windows with a start before the returned bound are final under `watermark`:
+/// a window `[s, s + 1 min)` is final once the watermark reaches its end.
+pub fn final_bound(watermark: i64) -> i64 {
+    window_start(watermark)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = WINDOW_MICROS;
+
+    #[test]
+    fn window_start_floors_to_the_minute() {
+        assert_eq!(window_start(0), 0);
+        assert_eq!(window_start(MIN - 1), 0);
+        assert_eq!(window_start(MIN), MIN);
+        assert_eq!(window_start(5 * MIN + 17), 5 * MIN);
+        assert_eq!(window_start(-1), -MIN);
+    }
+
+    #[test]
+    fn a_window_is_final_when_the_watermark_reaches_its_end() {
+        // Window [0, 1 min) is final at watermark 1 min, not 1 µs before.
+        assert_eq!(final_bound(MIN - 1), 0);
+        assert_eq!(final_bound(MIN), MIN);
+    }
+
+    #[test]
+    fn watermark_is_min_of_partition_maxima_minus_lateness() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(Duration::from_secs(10), Duration::from_secs(30));
+        assert_eq!(w.watermark(t0), None);
+        w.observe("a", 0, 100 * 1_000_000, t0);
+        w.observe("a", 0, 90 * 1_000_000, t0); // out of order: max stays
+        w.observe("a", 1, 50 * 1_000_000, t0);
+        w.observe("b", 0, 70 * 1_000_000, t0);
+        assert_eq!(w.watermark(t0), Some(40 * 1_000_000));
+        w.observe("a", 1, 200 * 1_000_000, t0);
+        assert_eq!(w.watermark(t0), Some(60 * 1_000_000));
+        assert_eq!(w.max_event_time(), Some(200 * 1_000_000));
+    }
+
+    #[test]
+    fn idle_partitions_stop_holding_the_watermark_back() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(Duration::ZERO, Duration::from_secs(30));
+        w.observe("a", 0, 10, t0);
+        w.observe("a", 1, 1_000, t0 + Duration::from_secs(20));
+        assert_eq!(w.watermark(t0 + Duration::from_secs(25)), Some(10));
+        // Partition 0 idle for 31 s: only partition 1 counts.
+        assert_eq!(w.watermark(t0 + Duration::from_secs(31)), Some(1_000));
+        // Everything idle: caught up, follow the newest event.
+        assert_eq!(w.watermark(t0 + Duration::from_secs(100)), Some(1_000));
+        // A dead letter keeps the partition alive.
+        w.touch("a", 0, t0 + Duration::from_secs(100));
+        assert_eq!(w.watermark(t0 + Duration::from_secs(101)), Some(10));
+        w.retain(|_, p| p != 0);
+        assert_eq!(w.watermark(t0 + Duration::from_secs(101)), Some(1_000));
+    }
+}

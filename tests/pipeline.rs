@@ -1,0 +1,386 @@
+//! End to end on the real broker and the real S3 server started by
+//! `scripts/services.sh`: a fixed event set with hand-computed metrics is
+//! produced, consumed by the daemon, read back from Parquet and compared value
+//! by value; malformed messages of every kind land in `_dead_letter/`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use analytics_processor::config::{Common, Run};
+use analytics_processor::query;
+use analytics_processor::schema::Topics;
+use analytics_processor::sink::store::{OutputStore, S3Options};
+use analytics_processor::source::kafka;
+use arrow::array::{Array, Float64Array, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::ArrayFormatter;
+use rdkafka::producer::{BaseRecord, Producer};
+use tokio_util::sync::CancellationToken;
+
+fn brokers() -> String {
+    std::env::var("AP_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn unique(name: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{n}", std::process::id())
+}
+
+/// One message to send: topic role, key, value (`None` = tombstone).
+struct Msg {
+    executions: bool,
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+fn fixture_messages() -> Vec<Msg> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/pipeline/messages.jsonl"
+    ))
+    .unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Msg {
+                executions: v["topic"] == "executions",
+                key: v["key"].as_str().unwrap().to_string(),
+                value: Some(v["value"].to_string().into_bytes()),
+            }
+        })
+        .collect()
+}
+
+/// An execution of the fixture, changed by `f`.
+fn bad_execution(f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let m = &fixture_messages()[1];
+    let mut v: serde_json::Value = serde_json::from_slice(m.value.as_ref().unwrap()).unwrap();
+    f(&mut v);
+    v.to_string().into_bytes()
+}
+
+/// Every kind of bad input the contract names, with the reason kind expected.
+fn malformed() -> Vec<(bool, Option<Vec<u8>>, &'static str)> {
+    let good = fixture_messages()[1].value.clone().unwrap();
+    let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    vec![
+        (true, Some(b"not json at all".to_vec()), "invalid_json"),
+        (true, Some(good[..50].to_vec()), "invalid_json"),
+        (true, Some(b"{\"a\":\"\xff\xfe\"}".to_vec()), "not_utf8"),
+        (true, None, "tombstone"),
+        (true, Some(b"[1,2]".to_vec()), "not_an_object"),
+        (true, Some(b"\"hello\"".to_vec()), "not_an_object"),
+        (
+            true,
+            Some(bad_execution(|v| {
+                v.as_object_mut().unwrap().remove("venue");
+            })),
+            "missing_field",
+        ),
+        (
+            true,
+            Some(bad_execution(|v| v["requested_qty"] = "2".into())),
+            "wrong_type",
+        ),
+        (
+            true,
+            Some(bad_execution(|v| v["fee"] = (-1).into())),
+            "out_of_range",
+        ),
+        (
+            true,
+            Some(bad_execution(|v| v["status"] = "done".into())),
+            "unknown_enum",
+        ),
+        (
+            true,
+            Some(bad_execution(|v| v["executed_at"] = "tomorrow".into())),
+            "bad_timestamp",
+        ),
+        (
+            true,
+            Some(bad_execution(|v| {
+                v["executed_at"] = "9999-12-31T23:59:59Z".into()
+            })),
+            "bad_timestamp",
+        ),
+        (true, Some(deep.into_bytes()), "missing_field"),
+        (
+            false,
+            Some(b"{\"schema_version\":1}".to_vec()),
+            "missing_field",
+        ),
+    ]
+}
+
+async fn produce(topics: &Topics, msgs: &[Msg]) {
+    kafka::ensure_topics(&brokers(), &topics.both(), 3)
+        .await
+        .expect("broker reachable (make services-up)");
+    let p = kafka::producer(&brokers()).unwrap();
+    for m in msgs {
+        let topic = if m.executions {
+            &topics.executions
+        } else {
+            &topics.signals
+        };
+        let mut r = BaseRecord::to(topic).key(&m.key);
+        if let Some(v) = &m.value {
+            r = r.payload(v);
+        }
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Cells as text; floats to 6 decimals so hand-computed values compare.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = vec![];
+    for b in batches {
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &Default::default()).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .zip(&fmts)
+                .map(|(c, f)| match c.data_type() {
+                    _ if c.is_null(i) => "null".to_string(),
+                    DataType::Float64 => {
+                        format!(
+                            "{:.6}",
+                            c.as_any().downcast_ref::<Float64Array>().unwrap().value(i)
+                        )
+                    }
+                    _ => f.value(i).to_string(),
+                })
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out
+}
+
+async fn select(store: &OutputStore, sql: &str) -> Vec<String> {
+    rows(
+        &query::collect(store, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+    )
+}
+
+async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
+    let topics = Topics {
+        signals: unique("signals"),
+        executions: unique("executions"),
+    };
+    let mut msgs = fixture_messages();
+    msgs.extend(malformed().into_iter().map(|(executions, value, _)| Msg {
+        executions,
+        key: "bad".into(),
+        value,
+    }));
+    produce(&topics, &msgs).await;
+    let common = Common {
+        brokers: brokers(),
+        group: unique("group"),
+        output: output.to_string(),
+        sql_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(),
+        topics,
+        s3: s3.clone(),
+    };
+    let run = Run {
+        interval: Duration::from_millis(500),
+        max_rows: 7,
+        allowed_lateness: Duration::from_secs(300),
+        idle_timeout: Duration::from_secs(30),
+        lookback: Duration::from_secs(86_400),
+        memory_limit: 256 << 20,
+        stop_when_idle: Some(Duration::from_secs(4)),
+    };
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        analytics_processor::run_daemon(common, run, CancellationToken::new()),
+    )
+    .await
+    .expect("daemon drains within 2 minutes")
+    .unwrap();
+    assert_eq!(summary.messages, 16 + malformed().len() as u64);
+    assert_eq!(summary.signals, 5);
+    assert_eq!(summary.executions, 11);
+    assert_eq!(summary.dead_letters, malformed().len() as u64);
+    assert_eq!(summary.unknown_fields, 1);
+    assert!(
+        summary.epochs >= 2,
+        "max_rows 7 forces several epochs: {summary:?}"
+    );
+    OutputStore::open(output, &s3).unwrap()
+}
+
+async fn assert_outputs(store: &OutputStore) {
+    // raw keeps duplicates, one row per valid message.
+    assert_eq!(
+        select(store, "SELECT count(*) FROM raw_influencer_signals").await,
+        ["5"]
+    );
+    assert_eq!(
+        select(store, "SELECT count(*) FROM raw_execution_results").await,
+        ["11"]
+    );
+    assert_eq!(
+        select(
+            store,
+            "SELECT dt, hour, count(*) FROM raw_execution_results GROUP BY 1, 2"
+        )
+        .await,
+        ["2026-01-01|10|11"]
+    );
+    // signals and executions_enriched: one row per id, joined to the signal
+    // even when it arrived after the execution (e6); unknown signal -> nulls.
+    assert_eq!(
+        select(
+            store,
+            "SELECT count(*), count(DISTINCT signal_id) FROM signals"
+        )
+        .await,
+        ["4|4"]
+    );
+    assert_eq!(
+        select(
+            store,
+            "SELECT right(execution_id, 2), signal_price, signal_emitted_at, slippage_bps, signal_to_fill_ms
+             FROM executions_enriched ORDER BY execution_id"
+        )
+        .await,
+        [
+            "e1|100.000000|2026-01-01T10:00:05Z|100.000000|1000.000000",
+            "e2|100.000000|2026-01-01T10:00:05Z|50.000000|3000.000000",
+            "e3|100.000000|2026-01-01T10:00:05Z|null|2000.000000",
+            "e4|50.000000|2026-01-01T10:00:30Z|100.000000|10000.000000",
+            "e5|50.000000|2026-01-01T10:00:30Z|null|20000.000000",
+            "e6|200.000000|2026-01-01T10:01:10Z|100.000000|2000.000000",
+            "e7|null|null|null|null",
+            "e8|200.000000|2026-01-01T10:01:10Z|null|20000.000000",
+            "e9|10.000000|2026-01-01T10:00:50Z|10.000000|5500.000000",
+        ]
+    );
+
+    assert_eq!(
+        select(store, "SELECT * EXCLUDE (dt, hour) FROM influencer_metrics_1m ORDER BY window_start, influencer_id").await,
+        [
+            // window|influencer|signals|instruments|executions|filled|rejected|failed|fill_rate|copied_notional|distinct_subscribers|realized_pnl|avg_slippage_bps|p50|p95
+            "2026-01-01T10:00:00Z|inf-1|2|2|5|3|1|1|0.600000|797.500000|3|12.500000|83.333333|3000.000000|9300.000000",
+            "2026-01-01T10:00:00Z|inf-2|1|1|1|1|0|0|1.000000|50.050000|1|0.000000|10.000000|5500.000000|5500.000000",
+            "2026-01-01T10:01:00Z|inf-2|1|1|3|1|1|0|0.333333|202.000000|3|-4.000000|100.000000|2000.000000|2000.000000",
+        ]
+    );
+    assert_eq!(
+        select(store, "SELECT * EXCLUDE (dt, hour) FROM subscriber_metrics_1m ORDER BY window_start, subscriber_id").await,
+        [
+            // window|subscriber|executions|filled|rejected|failed|cancelled|fill_rate|filled_notional|fees|realized_pnl|avg_slippage_bps|distinct_influencers
+            "2026-01-01T10:00:00Z|sub-1|3|3|0|0|0|1.000000|747.050000|0.750000|12.500000|70.000000|2",
+            "2026-01-01T10:00:00Z|sub-2|2|1|0|1|0|0.500000|100.500000|0.100000|0.000000|50.000000|1",
+            "2026-01-01T10:00:00Z|sub-3|1|0|1|0|0|0.000000|0.000000|0.000000|0.000000|null|1",
+            "2026-01-01T10:01:00Z|sub-1|1|1|0|0|0|1.000000|202.000000|0.300000|-4.000000|100.000000|1",
+            "2026-01-01T10:01:00Z|sub-2|1|0|1|0|0|0.000000|0.000000|0.000000|0.000000|null|1",
+            "2026-01-01T10:01:00Z|sub-3|1|0|0|0|1|0.000000|0.000000|0.000000|0.000000|null|1",
+        ]
+    );
+    assert_eq!(
+        select(store, "SELECT * EXCLUDE (dt, hour) FROM system_metrics_1m ORDER BY window_start").await,
+        [
+            // window|signals|executions|filled|partially_filled|rejected|failed|cancelled|error_rate|active_influencers|active_subscribers|filled_notional|p50|p95|p99|unmatched
+            "2026-01-01T10:00:00Z|3|6|4|1|1|1|0|0.333333|2|3|847.550000|4250.000000|9325.000000|9865.000000|0",
+            "2026-01-01T10:01:00Z|1|3|1|0|1|0|1|0.333333|1|3|202.000000|2000.000000|2000.000000|2000.000000|1",
+        ]
+    );
+    assert_eq!(
+        select(store, "SELECT * EXCLUDE (dt, hour) FROM execution_errors_1m ORDER BY window_start, venue, error_code").await,
+        [
+            "2026-01-01T10:00:00Z|v1|RISK_LIMIT|1|1",
+            "2026-01-01T10:00:00Z|v2|VENUE_TIMEOUT|1|1",
+            "2026-01-01T10:01:00Z|v1|RISK_LIMIT|1|1",
+        ]
+    );
+    // The metric tables hold exactly the contract's columns (plus partitions).
+    let cols = select(store, "SELECT * FROM influencer_metrics_1m LIMIT 0").await;
+    assert!(cols.is_empty());
+}
+
+async fn assert_dead_letters(store: &OutputStore) {
+    let mut expected: Vec<String> = malformed()
+        .iter()
+        .filter(|(executions, _, _)| *executions)
+        .map(|(_, _, kind)| kind.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(
+        select(
+            store,
+            "SELECT error_kind FROM dead_letter_execution_results ORDER BY error_kind"
+        )
+        .await,
+        expected
+    );
+    assert_eq!(
+        select(
+            store,
+            "SELECT error_kind, reason FROM dead_letter_influencer_signals"
+        )
+        .await,
+        ["missing_field|missing required field `signal_id`"]
+    );
+    // Raw bytes are kept as received, with their Kafka coordinates.
+    let bytes = select(
+        store,
+        "SELECT payload IS NULL, payload, kafka_offset >= 0 FROM dead_letter_execution_results
+         WHERE error_kind IN ('tombstone', 'not_utf8') ORDER BY error_kind",
+    )
+    .await;
+    assert_eq!(bytes, ["false|7b2261223a22fffe227d|true", "true|null|true"]);
+    let reasons = select(
+        store,
+        "SELECT reason FROM dead_letter_execution_results WHERE error_kind = 'unknown_enum'",
+    )
+    .await;
+    assert!(
+        reasons[0].contains("`status`") && reasons[0].contains("done"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_directory_gets_exact_metrics_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let store = run_pipeline(out.to_str().unwrap(), S3Options::default()).await;
+    assert_outputs(&store).await;
+    assert_dead_letters(&store).await;
+    // Hive layout on disk.
+    assert!(out
+        .join("metrics/system_metrics_1m/dt=2026-01-01/hour=10")
+        .is_dir());
+    assert!(out
+        .join("raw/execution_results/dt=2026-01-01/hour=10")
+        .is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_server_gets_exact_metrics_and_dead_letters() {
+    let endpoint = std::env::var("AP_S3_ENDPOINT")
+        .expect("AP_S3_ENDPOINT must name the S3 server (make test starts one and sets it)");
+    let bucket = std::env::var("AP_S3_BUCKET").unwrap_or_else(|_| "analytics".into());
+    let s3 = S3Options {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        ..Default::default()
+    };
+    let store = run_pipeline(&format!("s3://{bucket}/{}", unique("it")), s3).await;
+    assert_outputs(&store).await;
+    assert_dead_letters(&store).await;
+}
