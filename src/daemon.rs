@@ -55,6 +55,15 @@ pub struct RunSummary {
     pub final_executions: u64,
     pub metric_rows: u64,
     pub metric_errors: u64,
+    /// Seconds from the first message to the last epoch commit.
+    pub busy_seconds: f64,
+}
+
+impl RunSummary {
+    /// Messages per second while there was work.
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.busy_seconds.max(1e-9)
+    }
 }
 
 /// Window progress, persisted in every commit record.
@@ -88,7 +97,8 @@ struct Daemon {
     tracker: WatermarkTracker,
     progress: Progress,
     summary: RunSummary,
-    started: Instant,
+    /// When the first message arrived: the start of throughput figures.
+    first_message: Option<Instant>,
 }
 
 /// Runs the daemon until `cancel` fires (or, with `stop_when_idle`, until the
@@ -137,7 +147,7 @@ pub async fn run(
         consumer: Arc::new(consumer),
         progress,
         summary: RunSummary::default(),
-        started: Instant::now(),
+        first_message: None,
     };
     d.main_loop(cancel).await?;
     Ok(d.summary)
@@ -160,6 +170,7 @@ impl Daemon {
                 r = tokio::time::timeout(wait, consumer.recv()) => match r {
                     Ok(Ok(m)) => {
                         last_message = Instant::now();
+                        self.first_message.get_or_insert(last_message);
                         let msg = Message {
                             topic: m.topic(),
                             partition: m.partition(),
@@ -280,7 +291,9 @@ impl Daemon {
         }
         self.progress.next_epoch += 1;
         self.summary.epochs += 1;
-        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(first) = self.first_message {
+            self.summary.busy_seconds = first.elapsed().as_secs_f64();
+        }
         info!(
             epoch = record.epoch,
             signals = batches.signals.num_rows(),
@@ -289,7 +302,7 @@ impl Daemon {
             files = record.files.len(),
             finalized_through = ?self.progress.finalized_through.map(crate::metrics::engine::format_bound),
             epoch_ms = t0.elapsed().as_millis() as u64,
-            events_per_sec = (self.summary.messages as f64 / elapsed) as u64,
+            events_per_sec = self.summary.rate() as u64,
             "epoch committed"
         );
         Ok(())

@@ -1,5 +1,6 @@
 //! The `analytics-processor` command: parse, set up logging, dispatch.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use analytics_processor::config::{Cli, Command, CommonOpts, FileConfig, Format, SqlCommand};
@@ -13,6 +14,7 @@ fn init_logging(json: bool) {
         .unwrap_or_else(|_| "info,datafusion=warn,rdkafka=warn".into());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -49,8 +51,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             cancel_on_signals(token.clone());
             let s = run_daemon(common, run, token).await?;
             eprintln!(
-                "stopped: {} epochs, {} messages ({} signals, {} executions, {} dead letters, {} late), {} metric rows",
-                s.epochs, s.messages, s.signals, s.executions, s.dead_letters, s.late_events, s.metric_rows
+                "stopped: {} epochs, {} messages ({} signals, {} executions, {} dead letters, {} late) \
+                 in {:.1} s of work ({:.0} events/s), {} metric rows",
+                s.epochs,
+                s.messages,
+                s.signals,
+                s.executions,
+                s.dead_letters,
+                s.late_events,
+                s.busy_seconds,
+                s.rate(),
+                s.metric_rows
             );
         }
         Command::Produce {

@@ -317,6 +317,86 @@ pub async fn write_partitioned(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::{EpochBuffer, Message};
+    use crate::decode::tests::{EXECUTION, SIGNAL};
+    use crate::schema::{Topics, EXECUTIONS_TOPIC, SIGNALS_TOPIC};
+    use crate::sink::store::S3Options;
+
+    /// Raw rows with duplicates (same id on two partitions) finalize to one
+    /// row per id, joined to the signal, and the metrics count each once.
+    #[tokio::test]
+    async fn finalize_deduplicates_by_id_and_joins_signals() {
+        let store = OutputStore::open("memory://lake", &S3Options::default()).unwrap();
+        let mut buf = EpochBuffer::new(Topics::default());
+        let second = EXECUTION.replace("000000000001\",\"signal_id", "000000000002\",\"signal_id");
+        let msgs = [
+            (SIGNALS_TOPIC, 0, 1, SIGNAL.to_string()),
+            (SIGNALS_TOPIC, 1, 7, SIGNAL.to_string()),
+            (EXECUTIONS_TOPIC, 0, 1, EXECUTION.to_string()),
+            (EXECUTIONS_TOPIC, 2, 5, EXECUTION.to_string()),
+            (EXECUTIONS_TOPIC, 1, 3, second),
+        ];
+        for (topic, partition, offset, value) in &msgs {
+            let m = Message {
+                topic,
+                partition: *partition,
+                offset: *offset,
+                timestamp_ms: None,
+                key: None,
+                value: Some(value.as_bytes()),
+            };
+            buf.push(&m, 0);
+        }
+        let b = buf.take();
+        write_partitioned(
+            &store,
+            "raw/influencer_signals",
+            &[b.signals],
+            "emitted_at",
+            "e1",
+        )
+        .await
+        .unwrap();
+        write_partitioned(
+            &store,
+            "raw/execution_results",
+            &[b.executions],
+            "executed_at",
+            "e1",
+        )
+        .await
+        .unwrap();
+
+        let metrics = crate::metrics::catalog::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/sql"
+        )))
+        .unwrap();
+        let f = Finalizer::new(store.clone(), 64 << 20, 3_600_000_000).unwrap();
+        let h = 1_767_261_600_000_000; // 2026-01-01T10:00Z, the fixture's hour
+        let s = f.finalize(&metrics, h, h + 60_000_000).await.unwrap();
+        assert_eq!((s.signals, s.executions), (1, 2));
+        assert!(s.metric_errors.is_empty(), "{:?}", s.metric_errors);
+        assert_eq!(s.metric_rows["system_metrics_1m"], 1);
+        assert_eq!(s.metric_rows["subscriber_metrics_1m"], 1);
+
+        let rows = crate::query::collect(
+            &store,
+            "SELECT executions, filled, signals, p50_signal_to_fill_ms FROM system_metrics_1m",
+        )
+        .await
+        .unwrap();
+        let out = arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string();
+        assert!(
+            out.contains("| 2          | 2      | 1       | 250.0"),
+            "{out}"
+        );
+        // A range without data writes nothing.
+        let empty = f.finalize(&metrics, h - 60_000_000, h).await.unwrap();
+        assert_eq!((empty.executions, empty.files.len()), (0, 0));
+    }
 
     #[test]
     fn partition_filter_names_every_hour() {

@@ -84,7 +84,8 @@ impl OutputStore {
             return Ok(Self {
                 store: Arc::new(InMemory::new()),
                 root: Path::from(name.trim_matches('/')),
-                store_url: Url::parse("memory://").expect("static url"),
+                // A fixed host, so DataFusion finds the store by URL as for s3://bucket/.
+                store_url: Url::parse("memory://store/").expect("static url"),
             });
         }
         if location.contains("://") && !location.starts_with("file://") {
