@@ -13,7 +13,7 @@ DEMO_RATE ?= 20000
 DEMO_SECONDS ?= 60
 DEMO_OUTPUT ?= ./data
 
-.PHONY: all build lint test unit-and-integration outside-readers demo services-up services-down services-status clean
+.PHONY: all build lint test chaos demo services-up services-down services-status clean
 
 all: build
 
@@ -35,7 +35,12 @@ lint:
 
 test: services-up lint build
 	$(ENV) && scripts/outside_readers.sh
+	$(ENV) && CHAOS_MESSAGES=200000 CHAOS_KILLS=4 scripts/chaos.sh
 	$(ENV) && cargo test --release
+
+# The full crash test: 1M messages, 20 SIGKILLs, output compared with a clean run.
+chaos: services-up build
+	$(ENV) && scripts/chaos.sh
 
 demo: services-up build
 	@echo "== producing $(DEMO_RATE) events/s for $(DEMO_SECONDS) s while the daemon runs"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -321,6 +321,18 @@ pub struct EpochBatches {
     pub offsets: OffsetRanges,
 }
 
+impl EpochBatches {
+    /// Newest event time among the epoch's valid rows.
+    pub fn max_event_time(&self) -> Option<i64> {
+        let max = |b: &RecordBatch, col: &str| {
+            b.column_by_name(col)
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                .and_then(arrow::compute::max)
+        };
+        max(&self.signals, "emitted_at").max(max(&self.executions, "executed_at"))
+    }
+}
+
 /// Accumulates one epoch.
 pub struct EpochBuffer {
     topics: Topics,
@@ -445,6 +457,8 @@ mod tests {
         assert_eq!(out.signals.num_rows(), 1);
         assert_eq!(out.executions.num_rows(), 2);
         assert_eq!(out.dead_letters.num_rows(), 1);
+        // Signal 10:00:01.250, executions 10:00:01.500 (2026-01-01).
+        assert_eq!(out.max_event_time(), Some(1_767_261_601_500_000));
         assert_eq!(
             out.offsets[&(EXECUTIONS_TOPIC.to_string(), 1)],
             OffsetRange { first: 3, last: 5 }

@@ -38,9 +38,27 @@ pub struct EpochRecord {
     pub finalized_through: Option<i64>,
     /// Start of the earliest window holding data that is not final yet.
     pub first_open: Option<i64>,
+    /// Newest event time committed so far (µs).
+    #[serde(default)]
+    pub max_event_time: Option<i64>,
+    /// Windows `[from, to)` this epoch finalizes; a replay finalizes the same.
+    #[serde(default)]
+    pub finalize: Option<(i64, i64)>,
+    /// Next offset to read per partition, over every committed epoch so far
+    /// (in commit records): messages below it are already on the store.
+    #[serde(default)]
+    pub next_offsets: Vec<PartitionOffset>,
     /// Files the epoch wrote, relative to the output root.
     #[serde(default)]
     pub files: Vec<String>,
+}
+
+/// The next offset to read of one topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
 }
 
 impl EpochRecord {
@@ -100,12 +118,32 @@ impl Checkpoints {
 
     /// The newest committed epoch, if any.
     pub async fn latest_commit(&self) -> Result<Option<EpochRecord>, CheckpointError> {
+        self.newest(COMMITS, 0).await
+    }
+
+    /// An epoch that began after `committed` (the newest commit) but has no
+    /// commit record: its files may be partly written and must be replayed.
+    pub async fn pending(
+        &self,
+        committed: Option<u64>,
+    ) -> Result<Option<EpochRecord>, CheckpointError> {
+        let after = committed.map_or(0, |e| e + 1);
+        self.newest(OFFSETS, after).await
+    }
+
+    /// The record with the highest epoch `>= min_epoch` in `folder`.
+    async fn newest(
+        &self,
+        folder: &str,
+        min_epoch: u64,
+    ) -> Result<Option<EpochRecord>, CheckpointError> {
         let latest = self
             .store
-            .list(COMMITS)
+            .list(folder)
             .await?
             .into_iter()
             .filter_map(|(rel, _)| epoch_of(&rel).map(|e| (e, rel)))
+            .filter(|(e, _)| *e >= min_epoch)
             .max();
         let Some((_, rel)) = latest else {
             return Ok(None);
@@ -143,6 +181,9 @@ mod tests {
             }],
             finalized_through: Some(60_000_000),
             first_open: None,
+            max_event_time: None,
+            finalize: None,
+            next_offsets: vec![],
             files: vec!["raw/x.parquet".into()],
         }
     }
@@ -155,8 +196,12 @@ mod tests {
         for e in [2, 10, 9] {
             c.commit(&record(e)).await.unwrap();
         }
+        assert_eq!(c.pending(Some(10)).await.unwrap(), None);
+        c.begin(&record(10)).await.unwrap();
         c.begin(&record(11)).await.unwrap(); // begun, not committed
         assert_eq!(c.latest_commit().await.unwrap(), Some(record(10)));
+        assert_eq!(c.pending(Some(10)).await.unwrap(), Some(record(11)));
+        assert_eq!(c.pending(None).await.unwrap(), Some(record(11)));
         store
             .put(&name(COMMITS, 12), Bytes::from_static(b"{"))
             .await

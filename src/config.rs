@@ -93,6 +93,11 @@ pub struct CommonOpts {
     /// Kafka consumer group [default: analytics-processor].
     #[arg(long, env = "AP_GROUP")]
     pub group: Option<String>,
+    /// Static member id in the consumer group (Kafka `group.instance.id`): a
+    /// restarted instance with the same id gets its partitions back at once
+    /// instead of waiting for the session timeout.
+    #[arg(long, env = "AP_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Output root: a directory, or a URL such as s3://bucket/prefix [default: ./data].
     #[arg(long, env = "AP_OUTPUT")]
     pub output: Option<String>,
@@ -201,6 +206,7 @@ macro_rules! merge_opts {
 merge_opts!(CommonOpts {
     brokers,
     group,
+    instance_id,
     output,
     sql_dir,
     signals_topic,
@@ -223,6 +229,7 @@ merge_opts!(RunOpts {
 pub struct Common {
     pub brokers: String,
     pub group: String,
+    pub instance_id: Option<String>,
     pub output: String,
     pub sql_dir: PathBuf,
     pub topics: Topics,
@@ -235,6 +242,7 @@ impl CommonOpts {
         Common {
             brokers: self.brokers.unwrap_or_else(|| "127.0.0.1:9092".into()),
             group: self.group.unwrap_or_else(|| "analytics-processor".into()),
+            instance_id: self.instance_id,
             output: self.output.unwrap_or_else(|| "./data".into()),
             sql_dir: self.sql_dir.unwrap_or_else(|| "sql".into()),
             topics: Topics {

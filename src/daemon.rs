@@ -2,22 +2,23 @@
 //! (raw Parquet, checkpoint, offset commit) -> finalize the windows the
 //! watermark has passed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{BooleanArray, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::{EpochBatches, EpochBuffer, Message, Outcome};
-use crate::checkpoint::{CheckpointError, Checkpoints, EpochRecord};
+use crate::checkpoint::{CheckpointError, Checkpoints, EpochRecord, PartitionOffset};
 use crate::config::{Common, Run};
 use crate::metrics::catalog::{self, CatalogError, Metric};
-use crate::metrics::engine::{write_partitioned, EngineError, Finalizer};
-use crate::schema::{EXECUTIONS_TOPIC, SIGNALS_TOPIC};
+use crate::metrics::engine::{write_partitioned, EngineError, FileNaming, Finalizer};
+use crate::schema::{Topics, EXECUTIONS_TOPIC, SIGNALS_TOPIC};
 use crate::sink::store::{OutputStore, StoreError};
 use crate::source::kafka;
 use crate::tables;
@@ -55,6 +56,8 @@ pub struct RunSummary {
     pub final_executions: u64,
     pub metric_rows: u64,
     pub metric_errors: u64,
+    /// Messages skipped because an earlier run already committed them.
+    pub already_committed: u64,
     /// Seconds from the first message to the last epoch commit.
     pub busy_seconds: f64,
 }
@@ -66,15 +69,35 @@ impl RunSummary {
     }
 }
 
-/// Window progress, persisted in every commit record.
-#[derive(Debug, Clone, Copy, Default)]
+/// Progress, persisted in every commit record.
+#[derive(Debug, Clone, Default)]
 struct Progress {
     next_epoch: u64,
     finalized_through: Option<i64>,
     first_open: Option<i64>,
+    /// Newest event time committed so far: end of input finalizes up to it
+    /// even when a restarted daemon has nothing new to read.
+    max_event_time: Option<i64>,
+    /// Next offset to read per partition over all committed epochs: a
+    /// message below it is already on the store and is skipped.
+    next_offsets: BTreeMap<(String, i32), i64>,
 }
 
 impl Progress {
+    fn from_commit(r: &EpochRecord) -> Self {
+        Self {
+            next_epoch: r.epoch + 1,
+            finalized_through: r.finalized_through,
+            first_open: r.first_open,
+            max_event_time: r.max_event_time,
+            next_offsets: r
+                .next_offsets
+                .iter()
+                .map(|o| ((o.topic.clone(), o.partition), o.next))
+                .collect(),
+        }
+    }
+
     fn observe(&mut self, event_time: i64) -> bool {
         let late = self.finalized_through.is_some_and(|f| event_time < f);
         if !late {
@@ -82,6 +105,57 @@ impl Progress {
             self.first_open = Some(self.first_open.map_or(w, |f| f.min(w)));
         }
         late
+    }
+
+    fn already_committed(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.next_offsets
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|next| offset < *next)
+    }
+}
+
+/// An epoch that began before a stop but was never committed: its recorded
+/// offset ranges are read again into an epoch of the same number, so its
+/// files are rewritten under the same names with the same rows.
+struct Replay {
+    record: EpochRecord,
+    buffer: EpochBuffer,
+    /// Partitions whose recorded last offset has not been read yet.
+    waiting: BTreeSet<(String, i32)>,
+}
+
+impl Replay {
+    fn new(record: EpochRecord, topics: Topics) -> Self {
+        let waiting = record
+            .ranges
+            .iter()
+            .map(|r| (r.topic.clone(), r.partition))
+            .collect();
+        Self {
+            record,
+            buffer: EpochBuffer::new(topics),
+            waiting,
+        }
+    }
+
+    /// Whether `offset` of `topic`/`partition` belongs to the replayed epoch.
+    fn covers(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.record.ranges.iter().any(|r| {
+            r.topic == topic && r.partition == partition && (r.first..=r.last).contains(&offset)
+        })
+    }
+
+    /// Notes that `offset` was read; true once every range is complete.
+    fn read(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        if self
+            .record
+            .ranges
+            .iter()
+            .any(|r| r.topic == topic && r.partition == partition && r.last == offset)
+        {
+            self.waiting.remove(&(topic.to_owned(), partition));
+        }
+        self.waiting.is_empty()
     }
 }
 
@@ -96,6 +170,7 @@ struct Daemon {
     buffer: EpochBuffer,
     tracker: WatermarkTracker,
     progress: Progress,
+    replay: Option<Replay>,
     summary: RunSummary,
     /// When the first message arrived: the start of throughput figures.
     first_message: Option<Instant>,
@@ -113,18 +188,14 @@ pub async fn run(
     let metrics = catalog::load(&common.sql_dir)?;
     catalog::check(&metrics).await?;
     let checkpoints = Checkpoints::new(store.clone());
-    let progress = match checkpoints.latest_commit().await? {
-        Some(r) => Progress {
-            next_epoch: r.epoch + 1,
-            finalized_through: r.finalized_through,
-            first_open: r.first_open,
-        },
-        None => Progress::default(),
-    };
+    let last = checkpoints.latest_commit().await?;
+    let progress = last.as_ref().map(Progress::from_commit).unwrap_or_default();
+    let pending = checkpoints.pending(last.as_ref().map(|r| r.epoch)).await?;
     let topics = common.topics.clone();
     let consumer = kafka::consumer(
         &common.brokers,
         &common.group,
+        common.instance_id.as_deref(),
         &topics.both(),
         run.memory_limit,
     )?;
@@ -146,9 +217,19 @@ pub async fn run(
         metrics,
         consumer: Arc::new(consumer),
         progress,
+        replay: None,
         summary: RunSummary::default(),
         first_message: None,
     };
+    if let Some(record) = pending {
+        info!(
+            epoch = record.epoch,
+            ranges = record.ranges.len(),
+            "an epoch was not committed before the last stop: reading its offset ranges again"
+        );
+        d.replay = Some(Replay::new(record, d.common.topics.clone()));
+        d.finish_replay_if_complete().await?;
+    }
     d.main_loop(cancel).await?;
     Ok(d.summary)
 }
@@ -179,15 +260,15 @@ impl Daemon {
                             key: m.key(),
                             value: m.payload(),
                         };
-                        let ingested_at = chrono::Utc::now().timestamp_micros();
-                        let outcome = self.buffer.push(&msg, ingested_at);
-                        self.account(&msg, outcome, last_message);
+                        self.handle(&msg, last_message).await?;
                     }
                     Ok(Err(e)) => warn!(error = %e, "kafka consumer error; retrying"),
                     Err(_) => {}
                 }
             }
-            if self.buffer.rows() >= self.run.max_rows || Instant::now() >= deadline {
+            // A replayed epoch is committed before any newer one.
+            let due = self.buffer.rows() >= self.run.max_rows || Instant::now() >= deadline;
+            if due && self.replay.is_none() {
                 self.epoch(false).await?;
                 deadline = Instant::now() + self.run.interval;
             }
@@ -202,6 +283,48 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Routes one message: skipped if already on the store, into the replayed
+    /// epoch if it belongs there, else into the current epoch.
+    async fn handle(&mut self, m: &Message<'_>, now: Instant) -> Result<(), DaemonError> {
+        if self
+            .progress
+            .already_committed(m.topic, m.partition, m.offset)
+        {
+            self.summary.already_committed += 1;
+            return Ok(());
+        }
+        let ingested_at = chrono::Utc::now().timestamp_micros();
+        match &mut self.replay {
+            Some(r) if r.covers(m.topic, m.partition, m.offset) => {
+                let outcome = r.buffer.push(m, ingested_at);
+                let complete = r.read(m.topic, m.partition, m.offset);
+                self.account(m, outcome, now);
+                if complete {
+                    self.finish_replay_if_complete().await?;
+                }
+            }
+            _ => {
+                let outcome = self.buffer.push(m, ingested_at);
+                self.account(m, outcome, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the replayed epoch once all its ranges have been read.
+    async fn finish_replay_if_complete(&mut self) -> Result<(), DaemonError> {
+        if self.replay.as_ref().is_some_and(|r| r.waiting.is_empty()) {
+            let mut r = self.replay.take().expect("checked");
+            let batches = r.buffer.take();
+            info!(
+                epoch = r.record.epoch,
+                "replayed epoch read in full: writing it again"
+            );
+            self.write_epoch(r.record, batches).await?;
+        }
+        Ok(())
     }
 
     fn account(&mut self, m: &Message, outcome: Outcome, now: Instant) {
@@ -231,13 +354,19 @@ impl Daemon {
         }
     }
 
-    /// Closes the current epoch: raw files, finalization of the windows the
-    /// watermark passed (all of them at end of input), commit record, then
-    /// the Kafka offsets.
+    /// Closes the current epoch: decides which windows become final, records
+    /// the epoch's offset ranges, then writes it. While an uncommitted epoch
+    /// is being replayed nothing newer is written (its messages are read again
+    /// after a restart).
     async fn epoch(&mut self, end_of_input: bool) -> Result<(), DaemonError> {
+        if self.replay.is_some() {
+            return Ok(());
+        }
+        self.refresh_assignment();
         let bound = if end_of_input {
             self.tracker
                 .max_event_time()
+                .max(self.progress.max_event_time)
                 .map(|t| window_start(t) + WINDOW_MICROS)
         } else {
             self.tracker.watermark(Instant::now()).map(final_bound)
@@ -249,23 +378,36 @@ impl Daemon {
         if self.buffer.is_empty() && finalize.is_none() {
             return Ok(());
         }
-        let t0 = Instant::now();
         let batches = self.buffer.take();
-        let mut record = EpochRecord {
+        let record = EpochRecord {
             epoch: self.progress.next_epoch,
             ranges: EpochRecord::ranges_of(&batches.offsets),
             finalized_through: self.progress.finalized_through,
             first_open: self.progress.first_open,
+            max_event_time: self.progress.max_event_time,
+            finalize,
+            next_offsets: vec![],
             files: vec![],
         };
         self.checkpoints.begin(&record).await?;
-        record.files = self.write_raw(&batches, record.epoch).await?;
+        self.write_epoch(record, batches).await
+    }
 
-        if let Some((from, to)) = finalize {
+    /// Writes an epoch whose offset record is on the store: raw files, the
+    /// windows it finalizes, the commit record, then the Kafka offsets. File
+    /// names depend only on the epoch and the windows, so writing the same
+    /// epoch again replaces its files.
+    async fn write_epoch(
+        &mut self,
+        mut record: EpochRecord,
+        batches: EpochBatches,
+    ) -> Result<(), DaemonError> {
+        let t0 = Instant::now();
+        record.files = self.write_raw(&batches, record.epoch).await?;
+        if let Some((from, to)) = record.finalize {
             let mut start = from;
             while start < to {
-                // One hour at a time keeps memory bounded during catch-up.
-                let end = to.min((start.div_euclid(3_600_000_000) + 1) * 3_600_000_000);
+                let end = to.min(finalize_chunk_end(start));
                 let s = self.finalizer.finalize(&self.metrics, start, end).await?;
                 self.summary.final_signals += s.signals as u64;
                 self.summary.final_executions += s.executions as u64;
@@ -275,21 +417,38 @@ impl Daemon {
                 start = end;
             }
             self.progress.finalized_through = Some(to);
-            self.progress.first_open = self
-                .tracker
-                .max_event_time()
-                .filter(|t| *t >= to)
-                .map(|_| to);
-            record.finalized_through = self.progress.finalized_through;
-            record.first_open = self.progress.first_open;
+            // Windows from `to` on hold data or will: finalization resumes there.
+            self.progress.first_open = Some(to);
         }
+        for r in &record.ranges {
+            let next = self
+                .progress
+                .next_offsets
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.last + 1);
+            *next = (*next).max(r.last + 1);
+        }
+        self.progress.max_event_time = self.progress.max_event_time.max(batches.max_event_time());
+        record.finalized_through = self.progress.finalized_through;
+        record.first_open = self.progress.first_open;
+        record.max_event_time = self.progress.max_event_time;
+        record.next_offsets = self
+            .progress
+            .next_offsets
+            .iter()
+            .map(|((topic, partition), next)| PartitionOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                next: *next,
+            })
+            .collect();
         self.checkpoints.commit(&record).await?;
         if let Err(e) = kafka::commit(&self.consumer, &batches.offsets) {
-            // The files are durable; a restart re-reads these messages and the
-            // duplicates are removed when windows are finalized.
+            // The files and the commit record are durable and carry the
+            // offsets; a restart skips what they cover.
             warn!(epoch = record.epoch, error = %e, "offset commit failed");
         }
-        self.progress.next_epoch += 1;
+        self.progress.next_epoch = record.epoch + 1;
         self.summary.epochs += 1;
         if let Some(first) = self.first_message {
             self.summary.busy_seconds = first.elapsed().as_secs_f64();
@@ -308,6 +467,29 @@ impl Daemon {
         Ok(())
     }
 
+    /// Tells the watermark which partitions this instance reads now, so a
+    /// partition whose backlog has not arrived yet holds it back.
+    fn refresh_assignment(&mut self) {
+        let Ok(tpl) = self.consumer.assignment() else {
+            return;
+        };
+        let now = Instant::now();
+        let owned: BTreeSet<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        if owned.is_empty() {
+            // Mid-rebalance: keep what is known until partitions come back.
+            return;
+        }
+        for (topic, partition) in &owned {
+            self.tracker.assign(topic, *partition, now);
+        }
+        self.tracker
+            .retain(|t, p| owned.contains(&(t.to_owned(), p)));
+    }
+
     async fn write_raw(&self, b: &EpochBatches, epoch: u64) -> Result<Vec<String>, DaemonError> {
         let stem = format!("epoch-{epoch:010}");
         let mut files = write_partitioned(
@@ -315,7 +497,7 @@ impl Daemon {
             "raw/influencer_signals",
             std::slice::from_ref(&b.signals),
             "emitted_at",
-            &stem,
+            FileNaming::Epoch(&stem),
         )
         .await?;
         files.extend(
@@ -324,7 +506,7 @@ impl Daemon {
                 "raw/execution_results",
                 std::slice::from_ref(&b.executions),
                 "executed_at",
-                &stem,
+                FileNaming::Epoch(&stem),
             )
             .await?,
         );
@@ -342,13 +524,23 @@ impl Daemon {
                     &tables::dead_letter_folder(folder),
                     &[dead],
                     "kafka_timestamp",
-                    &stem,
+                    FileNaming::Epoch(&stem),
                 )
                 .await?,
             );
         }
         Ok(files)
     }
+}
+
+/// Windows are finalized at most ten minutes at a time, never across an
+/// hour: a catch-up over hours of backlog then holds only a few minutes of
+/// events in memory, and each file stays inside one Hive partition.
+fn finalize_chunk_end(start: i64) -> i64 {
+    const CHUNK: i64 = 10 * WINDOW_MICROS;
+    const HOUR: i64 = 60 * WINDOW_MICROS;
+    let next_hour = (start.div_euclid(HOUR) + 1) * HOUR;
+    next_hour.min(window_start(start) + CHUNK)
 }
 
 /// The dead letters of one topic.
@@ -367,5 +559,33 @@ fn rows_of_topic(
 impl From<arrow::error::ArrowError> for DaemonError {
     fn from(e: arrow::error::ArrowError) -> Self {
         DaemonError::DataFusion(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finalize_chunks_are_short_and_stay_inside_the_hour() {
+        let h = 1_767_261_600_000_000; // 10:00
+        let m = WINDOW_MICROS;
+        assert_eq!(finalize_chunk_end(h), h + 10 * m);
+        assert_eq!(finalize_chunk_end(h + 55 * m), h + 60 * m);
+        assert_eq!(finalize_chunk_end(h + 59 * m + 1), h + 60 * m);
+    }
+
+    #[test]
+    fn late_events_do_not_reopen_final_windows() {
+        let m = WINDOW_MICROS;
+        let mut p = Progress::default();
+        assert!(!p.observe(5 * m + 3));
+        assert!(!p.observe(2 * m + 1));
+        assert_eq!(p.first_open, Some(2 * m));
+        p.finalized_through = Some(4 * m);
+        p.first_open = Some(4 * m);
+        assert!(p.observe(3 * m), "before the final bound: late");
+        assert_eq!(p.first_open, Some(4 * m));
+        assert!(!p.observe(4 * m));
     }
 }

@@ -29,7 +29,8 @@ pub struct WatermarkTracker {
 
 #[derive(Debug, Clone, Copy)]
 struct PartitionProgress {
-    max_event_time: i64,
+    /// `None` until the partition delivers its first valid event.
+    max_event_time: Option<i64>,
     last_seen: Instant,
 }
 
@@ -42,23 +43,27 @@ impl WatermarkTracker {
         }
     }
 
+    fn entry(&mut self, topic: &str, partition: i32, now: Instant) -> &mut PartitionProgress {
+        self.partitions
+            .entry((topic.to_owned(), partition))
+            .or_insert(PartitionProgress {
+                max_event_time: None,
+                last_seen: now,
+            })
+    }
+
+    /// Registers a partition this instance now reads. Until it delivers an
+    /// event (or stays quiet for the idle timeout) it holds the watermark
+    /// back: its backlog may hold the oldest events.
+    pub fn assign(&mut self, topic: &str, partition: i32, now: Instant) {
+        self.entry(topic, partition, now);
+    }
+
     /// Records an event of `topic`/`partition` with event time `t`, seen at `now`.
     pub fn observe(&mut self, topic: &str, partition: i32, t: i64, now: Instant) {
-        match self.partitions.get_mut(&(topic.to_owned(), partition)) {
-            Some(p) => {
-                p.max_event_time = p.max_event_time.max(t);
-                p.last_seen = now;
-            }
-            None => {
-                self.partitions.insert(
-                    (topic.to_owned(), partition),
-                    PartitionProgress {
-                        max_event_time: t,
-                        last_seen: now,
-                    },
-                );
-            }
-        }
+        let p = self.entry(topic, partition, now);
+        p.max_event_time = Some(p.max_event_time.map_or(t, |m| m.max(t)));
+        p.last_seen = now;
     }
 
     /// Marks a partition as having delivered a message (even an invalid one)
@@ -74,23 +79,34 @@ impl WatermarkTracker {
         self.partitions.retain(|(t, p), _| keep(t, *p));
     }
 
-    /// Current watermark, or `None` before any event.
+    /// Current watermark, or `None` while an active partition has no event
+    /// yet (or before any event at all).
     pub fn watermark(&self, now: Instant) -> Option<i64> {
-        let active = self
+        let active: Vec<Option<i64>> = self
             .partitions
             .values()
             .filter(|p| now.duration_since(p.last_seen) < self.idle_timeout)
             .map(|p| p.max_event_time)
-            .min();
-        let newest = self.partitions.values().map(|p| p.max_event_time).max();
-        active
-            .or(newest)
-            .map(|t| t.saturating_sub(self.allowed_lateness_us))
+            .collect();
+        let low = if active.is_empty() {
+            // Every partition idle: caught up, follow the newest event.
+            self.max_event_time()
+        } else {
+            active
+                .into_iter()
+                .collect::<Option<Vec<i64>>>()?
+                .into_iter()
+                .min()
+        };
+        low.map(|t| t.saturating_sub(self.allowed_lateness_us))
     }
 
     /// Maximum event time seen on any partition.
     pub fn max_event_time(&self) -> Option<i64> {
-        self.partitions.values().map(|p| p.max_event_time).max()
+        self.partitions
+            .values()
+            .filter_map(|p| p.max_event_time)
+            .max()
     }
 }
 
@@ -153,5 +169,24 @@ mod tests {
         assert_eq!(w.watermark(t0 + Duration::from_secs(101)), Some(10));
         w.retain(|_, p| p != 0);
         assert_eq!(w.watermark(t0 + Duration::from_secs(101)), Some(1_000));
+    }
+
+    #[test]
+    fn an_assigned_partition_without_events_holds_the_watermark_until_idle() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(Duration::ZERO, Duration::from_secs(30));
+        w.assign("a", 0, t0);
+        w.observe("a", 1, 500, t0);
+        assert_eq!(w.watermark(t0 + Duration::from_secs(1)), None);
+        assert_eq!(w.max_event_time(), Some(500));
+        // Its backlog arrives: the watermark is the older of the two.
+        w.observe("a", 0, 100, t0 + Duration::from_secs(2));
+        assert_eq!(w.watermark(t0 + Duration::from_secs(2)), Some(100));
+        // Assigned and silent past the idle timeout: no longer waited for.
+        w.assign("b", 0, t0 + Duration::from_secs(2));
+        assert_eq!(w.watermark(t0 + Duration::from_secs(3)), None);
+        w.touch("a", 0, t0 + Duration::from_secs(31));
+        w.touch("a", 1, t0 + Duration::from_secs(31));
+        assert_eq!(w.watermark(t0 + Duration::from_secs(33)), Some(100));
     }
 }

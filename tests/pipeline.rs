@@ -189,6 +189,7 @@ async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
     let common = Common {
         brokers: brokers(),
         group: unique("group"),
+        instance_id: None,
         output: output.to_string(),
         sql_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(),
         topics,
@@ -354,6 +355,29 @@ async fn assert_dead_letters(store: &OutputStore) {
     );
 }
 
+/// Every `batch-jobs/*.sql` runs over the outputs; the audit finds the final
+/// hour complete.
+async fn assert_batch_jobs_run(store: &OutputStore) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/batch-jobs");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sql") {
+            let rows = select(store, &std::fs::read_to_string(&path).unwrap()).await;
+            assert!(!rows.is_empty(), "{} returned nothing", path.display());
+            ran += 1;
+        }
+    }
+    assert!(ran >= 3, "{ran} batch jobs");
+    let audit = include_str!("../batch-jobs/raw_vs_final_audit.sql");
+    assert_eq!(select(store, audit).await, ["2026-01-01|10|11|9|9"]);
+    let rollup = include_str!("../batch-jobs/hourly_system_rollup.sql");
+    assert_eq!(
+        select(store, rollup).await,
+        ["2026-01-01T10:00:00Z|4|9|5|0.333333|1049.550000|9865.000000|1"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_directory_gets_exact_metrics_and_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
@@ -361,6 +385,7 @@ async fn local_directory_gets_exact_metrics_and_dead_letters() {
     let store = run_pipeline(out.to_str().unwrap(), S3Options::default()).await;
     assert_outputs(&store).await;
     assert_dead_letters(&store).await;
+    assert_batch_jobs_run(&store).await;
     // Hive layout on disk.
     assert!(out
         .join("metrics/system_metrics_1m/dt=2026-01-01/hour=10")

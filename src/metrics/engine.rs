@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::metrics::catalog::{Metric, INPUT_EXECUTIONS, INPUT_SIGNALS};
 use crate::schema;
 use crate::sink::parquet::encode;
-use crate::sink::partition::{split_by_hour, HourPartition};
+use crate::sink::partition::{split_by_bucket, HourPartition};
 use crate::sink::store::{OutputStore, StoreError};
 use crate::tables::{self, EXECUTIONS_ENRICHED, RAW_EXECUTIONS, RAW_SIGNALS, SIGNALS};
 
@@ -164,7 +164,10 @@ impl Finalizer {
             "e.",
         );
 
-        let signals_sql = dedupe_sql(RAW_SIGNALS, "signal_id", "emitted_at", &sig_cols, from, to);
+        let signals_sql = format!(
+            "{} ORDER BY emitted_at, signal_id",
+            dedupe_sql(RAW_SIGNALS, "signal_id", "emitted_at", &sig_cols, from, to)
+        );
         let signals = ctx
             .sql(&signals_sql)
             .await
@@ -209,15 +212,22 @@ impl Finalizer {
             executions: executions.iter().map(RecordBatch::num_rows).sum(),
             ..Default::default()
         };
+        let signals_folder = tables::folder_of(SIGNALS);
+        let executions_folder = tables::folder_of(EXECUTIONS_ENRICHED);
         summary
             .files
-            .extend(self.write(SIGNALS, &signals, "emitted_at", &range).await?);
+            .extend(self.write(&signals_folder, &signals, "emitted_at").await?);
         summary.files.extend(
-            self.write(EXECUTIONS_ENRICHED, &executions, "executed_at", &range)
+            self.write(&executions_folder, &executions, "executed_at")
                 .await?,
         );
 
-        let mctx = SessionContext::new_with_config_rt(SessionConfig::new(), self.runtime.clone());
+        // One partition: rows are aggregated in their (sorted) input order, so
+        // float sums come out bit-identical however the windows were batched.
+        let mctx = SessionContext::new_with_config_rt(
+            SessionConfig::new().with_target_partitions(1),
+            self.runtime.clone(),
+        );
         crate::metrics::udf::register(&mctx);
         let mem = |schema, batches: Vec<RecordBatch>| {
             MemTable::try_new(schema, vec![batches]).map(Arc::new)
@@ -245,7 +255,7 @@ impl Finalizer {
                     let table = format!("metrics/{}", m.name);
                     summary
                         .files
-                        .extend(self.write(&table, &rows, "window_start", &range).await?);
+                        .extend(self.write(&table, &rows, "window_start").await?);
                 }
                 Err(e) => {
                     warn!(metric = %m.name, file = %m.path.display(), windows = %range, error = %e,
@@ -259,55 +269,72 @@ impl Finalizer {
         Ok(summary)
     }
 
-    /// Writes `batches` of `table` split by the hour of `time_column`, one
-    /// file per partition named after the range; returns the files written.
+    /// Writes final rows of `folder`, one file per window.
     async fn write(
         &self,
-        table: &str,
+        folder: &str,
         batches: &[RecordBatch],
         time_column: &str,
-        range: &str,
     ) -> Result<Vec<String>, EngineError> {
-        let folder = if table.starts_with("metrics/") {
-            table.to_string()
-        } else {
-            tables::folder_of(table)
-        };
         write_partitioned(
             &self.store,
-            &folder,
+            folder,
             batches,
             time_column,
-            &format!("w-{range}"),
+            FileNaming::PerWindow,
         )
         .await
     }
 }
 
-/// Splits `batches` by the hour of `time_column` and writes one Parquet file
-/// `<folder>/dt=…/hour=…/<stem>.parquet` per hour. Empty input writes nothing.
+/// How the files of one write are cut and named.
+#[derive(Debug, Clone, Copy)]
+pub enum FileNaming<'a> {
+    /// One file per hour partition, named after the epoch (`<stem>.parquet`).
+    Epoch(&'a str),
+    /// One file per one-minute window (`w-YYYYMMDDTHHMM.parquet`): however
+    /// finalization was chunked, a window's rows always land in the same
+    /// file, so a repeated finalization replaces rather than adds.
+    PerWindow,
+}
+
+/// Writes `batches` under `<folder>/dt=…/hour=…/` as `naming` says, one
+/// Parquet file per group of rows. Empty input writes nothing.
 pub async fn write_partitioned(
     store: &OutputStore,
     folder: &str,
     batches: &[RecordBatch],
     time_column: &str,
-    stem: &str,
+    naming: FileNaming<'_>,
 ) -> Result<Vec<String>, EngineError> {
     let enc = |reason: String| EngineError::Encode {
         table: folder.to_string(),
-        range: stem.to_string(),
+        range: format!("{naming:?}"),
         reason,
     };
-    let mut by_hour: BTreeMap<HourPartition, Vec<RecordBatch>> = BTreeMap::new();
+    let width = match naming {
+        FileNaming::Epoch(_) => 3_600_000_000,
+        FileNaming::PerWindow => crate::window::WINDOW_MICROS,
+    };
+    let mut groups: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
     for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        for (p, part) in split_by_hour(b, time_column).map_err(|e| enc(e.to_string()))? {
-            by_hour.entry(p).or_default().push(part);
+        for (start, part) in
+            split_by_bucket(b, time_column, width).map_err(|e| enc(e.to_string()))?
+        {
+            groups.entry(start).or_default().push(part);
         }
     }
-    let mut files = Vec::with_capacity(by_hour.len());
-    for (p, parts) in by_hour {
+    let mut files = Vec::with_capacity(groups.len());
+    for (start, parts) in groups {
         let bytes = encode(&parts).map_err(|e| enc(e.to_string()))?;
-        let rel = format!("{folder}/{}/{stem}.parquet", p.path());
+        let name = match naming {
+            FileNaming::Epoch(stem) => stem.to_string(),
+            FileNaming::PerWindow => format!("w-{}", format_bound(start)),
+        };
+        let rel = format!(
+            "{folder}/{}/{name}.parquet",
+            HourPartition::of(start).path()
+        );
         store.put(&rel, bytes).await?;
         files.push(rel);
     }
@@ -353,7 +380,7 @@ mod tests {
             "raw/influencer_signals",
             &[b.signals],
             "emitted_at",
-            "e1",
+            FileNaming::Epoch("e1"),
         )
         .await
         .unwrap();
@@ -362,7 +389,7 @@ mod tests {
             "raw/execution_results",
             &[b.executions],
             "executed_at",
-            "e1",
+            FileNaming::Epoch("e1"),
         )
         .await
         .unwrap();

@@ -44,11 +44,14 @@ impl HourPartition {
     }
 }
 
-/// Splits `batch` by the hour of its timestamp column `column`, keeping row order.
-pub fn split_by_hour(
+/// Splits `batch` into runs of rows whose timestamp column `column` falls in
+/// the same bucket of `width_us` microseconds (an hour, a window), keeping
+/// row order; returns each bucket's start with its rows.
+pub fn split_by_bucket(
     batch: &RecordBatch,
     column: &str,
-) -> Result<Vec<(HourPartition, RecordBatch)>, ArrowError> {
+    width_us: i64,
+) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
     let col = batch
         .column_by_name(column)
         .ok_or_else(|| ArrowError::SchemaError(format!("no column `{column}` to partition by")))?;
@@ -63,23 +66,32 @@ pub fn split_by_hour(
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
         .expect("cast to microseconds");
-    let mut groups: BTreeMap<HourPartition, Vec<u32>> = BTreeMap::new();
+    let mut groups: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
     for (i, t) in times.iter().enumerate() {
-        // Null event times cannot occur in validated rows; file them by epoch 0
-        // rather than drop them.
-        groups
-            .entry(HourPartition::of(t.unwrap_or(0)))
-            .or_default()
-            .push(i as u32);
+        // Null times cannot occur in validated rows; file them under the
+        // epoch rather than drop them.
+        let bucket = t.unwrap_or(0).div_euclid(width_us) * width_us;
+        groups.entry(bucket).or_default().push(i as u32);
     }
     if groups.len() == 1 {
-        let (p, _) = groups.into_iter().next().expect("one group");
-        return Ok(vec![(p, batch.clone())]);
+        let (b, _) = groups.into_iter().next().expect("one group");
+        return Ok(vec![(b, batch.clone())]);
     }
     groups
         .into_iter()
-        .map(|(p, idx)| Ok((p, take_record_batch(batch, &UInt32Array::from(idx))?)))
+        .map(|(b, idx)| Ok((b, take_record_batch(batch, &UInt32Array::from(idx))?)))
         .collect()
+}
+
+/// Splits `batch` by the hour of its timestamp column `column`.
+pub fn split_by_hour(
+    batch: &RecordBatch,
+    column: &str,
+) -> Result<Vec<(HourPartition, RecordBatch)>, ArrowError> {
+    Ok(split_by_bucket(batch, column, HOUR_US)?
+        .into_iter()
+        .map(|(start, b)| (HourPartition { hour_start: start }, b))
+        .collect())
 }
 
 #[cfg(test)]
@@ -142,5 +154,11 @@ mod tests {
             ]
         );
         assert!(split_by_hour(&batch, "nope").is_err());
+        let minutes = split_by_bucket(&batch, "ts", 60_000_000).unwrap();
+        let starts: Vec<_> = minutes
+            .iter()
+            .map(|(s, b)| (*s - h, b.num_rows()))
+            .collect();
+        assert_eq!(starts, [(-60_000_000, 1), (0, 2), (HOUR_US, 1)]);
     }
 }

@@ -127,6 +127,19 @@ impl OutputStore {
         &self.store
     }
 
+    /// Wraps an object-store error with the operation and the full location.
+    fn io<'a>(
+        &'a self,
+        op: &'static str,
+        path: &'a Path,
+    ) -> impl Fn(object_store::Error) -> StoreError + 'a {
+        move |source| StoreError::Io {
+            op,
+            path: self.describe(path),
+            source,
+        }
+    }
+
     /// Writes an object atomically (readers see all of it or nothing).
     pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), StoreError> {
         let path = self.path(rel);
@@ -134,21 +147,13 @@ impl OutputStore {
             .put(&path, PutPayload::from(bytes))
             .await
             .map(|_| ())
-            .map_err(|source| StoreError::Io {
-                op: "writing",
-                path: self.describe(&path),
-                source,
-            })
+            .map_err(self.io("writing", &path))
     }
 
     /// Reads an object, `None` if it does not exist.
     pub async fn get(&self, rel: &str) -> Result<Option<Bytes>, StoreError> {
         let path = self.path(rel);
-        let io = |source| StoreError::Io {
-            op: "reading",
-            path: self.describe(&path),
-            source,
-        };
+        let io = self.io("reading", &path);
         match self.store.get(&path).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(io)?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -177,11 +182,7 @@ impl OutputStore {
             })
             .try_collect()
             .await
-            .map_err(|source| StoreError::Io {
-                op: "listing",
-                path: self.describe(&prefix),
-                source,
-            })?;
+            .map_err(self.io("listing", &prefix))?;
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
@@ -193,11 +194,7 @@ impl OutputStore {
             .store
             .list_with_delimiter(Some(&prefix))
             .await
-            .map_err(|source| StoreError::Io {
-                op: "listing",
-                path: self.describe(&prefix),
-                source,
-            })?;
+            .map_err(self.io("listing", &prefix))?;
         let mut out: Vec<String> = listing
             .common_prefixes
             .iter()

@@ -19,11 +19,16 @@ use crate::buffer::OffsetRanges;
 pub fn consumer(
     brokers: &str,
     group: &str,
+    instance_id: Option<&str>,
     topics: &[&str],
     memory_limit: usize,
 ) -> Result<StreamConsumer, KafkaError> {
     let queue_kb = (memory_limit / 4 / 1024).clamp(16 * 1024, 2 * 1024 * 1024);
-    let c: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if let Some(id) = instance_id {
+        config.set("group.instance.id", id);
+    }
+    let c: StreamConsumer = config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
