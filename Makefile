@@ -13,7 +13,7 @@ DEMO_RATE ?= 20000
 DEMO_SECONDS ?= 60
 DEMO_OUTPUT ?= ./data
 
-.PHONY: all build lint test chaos demo services-up services-down services-status clean
+.PHONY: all build lint test chaos faults demo services-up services-down services-status clean
 
 all: build
 
@@ -36,7 +36,12 @@ lint:
 test: services-up lint build
 	$(ENV) && scripts/outside_readers.sh
 	$(ENV) && CHAOS_MESSAGES=200000 CHAOS_KILLS=4 scripts/chaos.sh
+	$(ENV) && scripts/faults.sh
 	$(ENV) && cargo test --release
+
+# S3 outage (60 s), broker restart, unusable output path.
+faults: services-up build
+	$(ENV) && scripts/faults.sh
 
 # The full crash test: 1M messages, 20 SIGKILLs, output compared with a clean run.
 chaos: services-up build

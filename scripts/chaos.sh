@@ -53,6 +53,17 @@ for k in $(seq 1 "$KILLS"); do
   pids=()
   log "kill $k/$KILLS: $(grep -c 'epoch committed' "$work/chaos.log" || true) epochs committed so far"
 done
+# A clean stop in between: SIGTERM writes the current epoch and exits 0.
+AP_GROUP="$id-chaos" AP_INSTANCE_ID="chaos-0" \
+  "$BIN" "${run_args[@]}" --output "$work/chaos" 2>>"$work/chaos.log" &
+pids=($!)
+sleep 3
+kill -TERM "${pids[0]}"
+rc=0
+wait "${pids[0]}" || rc=$?
+pids=()
+[[ $rc -eq 0 ]] || { log "SIGTERM: exit status $rc, expected 0"; tail -n 20 "$work/chaos.log" >&2; exit 1; }
+log "SIGTERM: clean exit"
 AP_GROUP="$id-chaos" AP_INSTANCE_ID="chaos-0" \
   "$BIN" "${run_args[@]}" --output "$work/chaos" --stop-when-idle 5 2>>"$work/chaos.log" \
   || { tail -n 20 "$work/chaos.log" >&2; exit 1; }

@@ -5,6 +5,7 @@
 #   scripts/services.sh down     stop both
 #   scripts/services.sh status   show what runs
 #   scripts/services.sh env      print the variables tests use
+#   scripts/services.sh stop|start kafka|s3   one service, for fault tests
 #
 # Both run as plain processes bound to 127.0.0.1 (no containers here).
 # `up` is idempotent: installed artifacts are cached under the state folder and
@@ -360,13 +361,31 @@ cmd_status() {
     return $rc
 }
 
+# One service at a time, for fault tests: stop it, then start it again.
+cmd_one() { # stop|start kafka|s3
+    mkdir -p "$STATE_DIR"
+    exec 9>"$STATE_DIR/.lock"
+    flock 9
+    case "$1:$2" in
+    stop:kafka) stop_pid kafka "$KAFKA_PID" kafka.Kafka ;;
+    stop:s3) stop_pid s3 "$S3_PID" versitygw ;;
+    start:kafka) kafka_up ;;
+    start:s3) s3_up ;;
+    *)
+        echo "usage: $0 stop|start kafka|s3" >&2
+        exit 2
+        ;;
+    esac
+}
+
 case "${1:-}" in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 env) print_env ;;
+stop | start) cmd_one "$1" "${2:-}" ;;
 *)
-    echo "usage: $0 up|down|status|env" >&2
+    echo "usage: $0 up|down|status|env|stop SERVICE|start SERVICE" >&2
     exit 2
     ;;
 esac

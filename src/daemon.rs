@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{BooleanArray, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
@@ -68,6 +68,10 @@ impl RunSummary {
         self.messages as f64 / self.busy_seconds.max(1e-9)
     }
 }
+
+/// Attempts at writing one epoch before the daemon stops with the error
+/// (about 4 minutes of backoff, on top of the store client's own retries).
+const STORE_ATTEMPTS: u32 = 10;
 
 /// Progress, persisted in every commit record.
 #[derive(Debug, Clone, Default)]
@@ -322,7 +326,7 @@ impl Daemon {
                 epoch = r.record.epoch,
                 "replayed epoch read in full: writing it again"
             );
-            self.write_epoch(r.record, batches).await?;
+            self.commit_epoch(r.record, batches).await?;
         }
         Ok(())
     }
@@ -389,8 +393,36 @@ impl Daemon {
             next_offsets: vec![],
             files: vec![],
         };
-        self.checkpoints.begin(&record).await?;
-        self.write_epoch(record, batches).await
+        self.commit_epoch(record, batches).await
+    }
+
+    /// Records, writes and commits an epoch, retrying with backoff while the
+    /// store fails (an S3 outage, a full disk): consumption pauses meanwhile,
+    /// nothing is committed, and every attempt rewrites the same files. Gives
+    /// up with the error after `STORE_ATTEMPTS`.
+    async fn commit_epoch(
+        &mut self,
+        record: EpochRecord,
+        batches: EpochBatches,
+    ) -> Result<(), DaemonError> {
+        let mut delay = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            let result = match self.checkpoints.begin(&record).await {
+                Ok(()) => self.write_epoch(record.clone(), &batches).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Err(e) if attempt < STORE_ATTEMPTS => {
+                    warn!(epoch = record.epoch, attempt, retry_in_secs = delay.as_secs(), error = %e,
+                          "writing the epoch failed; consumption paused, nothing committed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Writes an epoch whose offset record is on the store: raw files, the
@@ -400,10 +432,10 @@ impl Daemon {
     async fn write_epoch(
         &mut self,
         mut record: EpochRecord,
-        batches: EpochBatches,
+        batches: &EpochBatches,
     ) -> Result<(), DaemonError> {
         let t0 = Instant::now();
-        record.files = self.write_raw(&batches, record.epoch).await?;
+        record.files = self.write_raw(batches, record.epoch).await?;
         if let Some((from, to)) = record.finalize {
             let mut start = from;
             while start < to {
