@@ -60,6 +60,20 @@ for table, (_, key) in TABLES.items():
         detail += f"; expected {len(want)} rows ({missing} missing or different)"
     print(f"{'ok ' if ok else 'BAD'} {table}: {detail}")
 
+# Both runs ended at end of input, so every window is final: each distinct
+# raw id must have its one final row.
+checks = len(TABLES)
+for root in (EXPECTED, ACTUAL):
+    for raw, final, key in (("raw_execution_results", "executions_enriched", "execution_id"),
+                            ("raw_influencer_signals", "signals", "signal_id")):
+        ids = query(root, f"SELECT count(DISTINCT {key}) AS n FROM {raw}")
+        rows_ = query(root, f"SELECT count(*) AS n FROM {final}")
+        ok = bool(ids) and bool(rows_) and ids[0]["n"] == rows_[0]["n"]
+        checks += 1
+        failed += not ok
+        print(f"{'ok ' if ok else 'BAD'} {root}: distinct {key} in {raw} "
+              f"{ids[0]['n'] if ids else '?'} = rows in {final} {rows_[0]['n'] if rows_ else '?'}")
+
 print(f"compared {total} rows in {len(TABLES)} tables")
-print(f"compare: {len(TABLES) - failed} passed, {failed} failed")
+print(f"compare: {checks - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -21,7 +21,7 @@ cleanup() {
   # Leave the services running whatever happened.
   "$SERVICES" start s3 >/dev/null 2>&1 || true
   "$SERVICES" start kafka >/dev/null 2>&1 || true
-  rm -rf "$work"
+  if [[ -n ${FAULT_KEEP:-} ]]; then echo "faults: kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 id="faults-$$-$(date +%s)"

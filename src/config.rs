@@ -143,8 +143,9 @@ pub struct RunOpts {
     /// Memory ceiling, e.g. 512MiB, 2GiB [default: 1GiB].
     #[arg(long, env = "AP_MEMORY_LIMIT")]
     pub memory_limit: Option<String>,
-    /// Stop after this many seconds without any message, finalizing every
-    /// window first (end of input: for demos, tests and one-shot catch-up).
+    /// Stop once every partition is read to its end and no message came for
+    /// this many seconds, finalizing every window first (end of input: for
+    /// demos, tests and one-shot catch-up).
     #[arg(long, env = "AP_STOP_WHEN_IDLE")]
     pub stop_when_idle: Option<f64>,
 }

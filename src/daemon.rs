@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{BooleanArray, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message as _;
+use rdkafka::{Message as _, Offset};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -277,10 +277,12 @@ impl Daemon {
                 deadline = Instant::now() + self.run.interval;
             }
             if let Some(idle) = self.run.stop_when_idle {
-                if last_message.elapsed() >= idle {
+                // Quiet is not enough (a broker restart is quiet too): the end
+                // of input is quiet *and* read up to every partition's end.
+                if last_message.elapsed() >= idle && self.replay.is_none() && self.caught_up() {
                     info!(
                         idle_secs = idle.as_secs_f64(),
-                        "no message for the idle period: finalizing every window and stopping"
+                        "all partitions read to their end and quiet: finalizing every window and stopping"
                     );
                     self.epoch(true).await?;
                     return Ok(());
@@ -497,6 +499,38 @@ impl Daemon {
             "epoch committed"
         );
         Ok(())
+    }
+
+    /// Whether every assigned partition has been read up to its end.
+    fn caught_up(&self) -> bool {
+        let timeout = Duration::from_secs(5);
+        let Ok(positions) = self.consumer.position() else {
+            return false;
+        };
+        let parts = positions.elements();
+        !parts.is_empty()
+            && parts.iter().all(|e| {
+                match self
+                    .consumer
+                    .fetch_watermarks(e.topic(), e.partition(), timeout)
+                {
+                    Ok((low, high)) => {
+                        // Nothing read since the assignment: the store's
+                        // committed offset says how far it was read before.
+                        let next = match e.offset() {
+                            Offset::Offset(next) => next,
+                            _ => self
+                                .progress
+                                .next_offsets
+                                .get(&(e.topic().to_owned(), e.partition()))
+                                .copied()
+                                .unwrap_or(low),
+                        };
+                        next >= high
+                    }
+                    Err(_) => false,
+                }
+            })
     }
 
     /// Tells the watermark which partitions this instance reads now, so a

@@ -10,6 +10,7 @@ use arrow::array::RecordBatch;
 use chrono::DateTime;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tracing::{info, warn};
@@ -121,8 +122,16 @@ impl Finalizer {
         memory_limit: usize,
         lookback_us: i64,
     ) -> Result<Self, DataFusionError> {
+        // No listing or file caches: every epoch adds raw files and a replay
+        // rewrites files under the same names, so a cached listing or footer
+        // would hide rows from the windows being finalized.
+        let caches = CacheManagerConfig::default()
+            .with_list_files_cache_limit(0)
+            .with_file_statistics_cache_limit(0)
+            .with_metadata_cache_limit(0);
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(memory_limit, 1.0)
+            .with_cache_manager(caches)
             .build_arc()?;
         Ok(Self {
             store,
@@ -420,6 +429,32 @@ mod tests {
             out.contains("| 2          | 2      | 1       | 250.0"),
             "{out}"
         );
+        // Rows written after a first finalization are seen by the next one
+        // (no stale file listing).
+        let mut buf = EpochBuffer::new(Topics::default());
+        let third = EXECUTION.replace("000000000001\",\"signal_id", "000000000003\",\"signal_id");
+        buf.push(
+            &Message {
+                topic: EXECUTIONS_TOPIC,
+                partition: 0,
+                offset: 9,
+                timestamp_ms: None,
+                key: None,
+                value: Some(third.as_bytes()),
+            },
+            0,
+        );
+        write_partitioned(
+            &store,
+            "raw/execution_results",
+            &[buf.take().executions],
+            "executed_at",
+            FileNaming::Epoch("e2"),
+        )
+        .await
+        .unwrap();
+        let again = f.finalize(&metrics, h, h + 60_000_000).await.unwrap();
+        assert_eq!(again.executions, 3);
         // A range without data writes nothing.
         let empty = f.finalize(&metrics, h - 60_000_000, h).await.unwrap();
         assert_eq!((empty.executions, empty.files.len()), (0, 0));
