@@ -35,7 +35,7 @@ lint:
 
 test: services-up lint build
 	$(ENV) && scripts/outside_readers.sh
-	$(ENV) && CHAOS_MESSAGES=200000 CHAOS_KILLS=4 scripts/chaos.sh
+	$(ENV) && CHAOS_MESSAGES=300000 CHAOS_KILLS=5 scripts/chaos.sh
 	$(ENV) && scripts/faults.sh
 	$(ENV) && cargo test --release
 

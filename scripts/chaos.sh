@@ -33,7 +33,8 @@ log "producing $MESSAGES messages (seed $SEED)"
 "$BIN" produce --count "$MESSAGES" --seed "$SEED" --start 2026-05-01T00:00:00Z \
   --signal-gap 0.5 --late-rate 0 --partitions 4 2>&1 | tail -n 1 >&2
 
-run_args=(run --interval 1 --max-rows 50000 --allowed-lateness 60)
+# Small epochs: many epoch boundaries for the kills to land around.
+run_args=(run --interval 1 --max-rows 10000 --allowed-lateness 60)
 
 log "clean run"
 AP_GROUP="$id-clean" "$BIN" "${run_args[@]}" --output "$work/clean" --stop-when-idle 5 \
@@ -41,17 +42,26 @@ AP_GROUP="$id-clean" "$BIN" "${run_args[@]}" --output "$work/clean" --stop-when-
 tail -n 1 "$work/clean.log" >&2
 
 log "chaos run: $KILLS kills"
+touch "$work/chaos.log"
+committed() { grep -c 'epoch committed' "$work/chaos.log" || true; }
 RANDOM=$SEED
 for k in $(seq 1 "$KILLS"); do
   AP_GROUP="$id-chaos" AP_INSTANCE_ID="chaos-0" \
     "$BIN" "${run_args[@]}" --output "$work/chaos" 2>>"$work/chaos.log" &
   pids=($!)
-  # 1.0 to 4.9 s: during start-up, mid-epoch, mid-finalization.
-  sleep "$(printf '%d.%d' $((1 + RANDOM % 4)) $((RANDOM % 10)))"
+  # Kills are spread over the work: after 1 to 8 more committed epochs (or
+  # 4 s), then 0 to 0.3 s into the next one: mid-write, mid-finalization,
+  # between the offset record and the commit.
+  target=$(($(committed) + 1 + RANDOM % 8))
+  for _ in $(seq 1 40); do
+    [[ $(committed) -ge $target ]] && break
+    sleep 0.1
+  done
+  sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.2f", (r % 30) / 100 }')"
   kill -9 "${pids[0]}" 2>/dev/null || true
   wait "${pids[0]}" 2>/dev/null || true
   pids=()
-  log "kill $k/$KILLS: $(grep -c 'epoch committed' "$work/chaos.log" || true) epochs committed so far"
+  log "kill $k/$KILLS: $(committed) epochs committed so far"
 done
 # A clean stop in between: SIGTERM writes the current epoch and exits 0.
 AP_GROUP="$id-chaos" AP_INSTANCE_ID="chaos-0" \

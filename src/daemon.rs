@@ -484,7 +484,8 @@ impl Daemon {
         }
         self.progress.next_epoch = record.epoch + 1;
         self.summary.epochs += 1;
-        if let Some(first) = self.first_message {
+        // Throughput counts the time spent on messages, not idle waits.
+        if let (Some(first), false) = (self.first_message, batches.offsets.is_empty()) {
             self.summary.busy_seconds = first.elapsed().as_secs_f64();
         }
         info!(
