@@ -123,10 +123,6 @@ impl OutputStore {
         ctx.register_object_store(&self.store_url, self.store.clone());
     }
 
-    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     /// Wraps an object-store error with the operation and the full location.
     fn io<'a>(
         &'a self,
