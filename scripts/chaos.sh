@@ -8,13 +8,10 @@
 #   CHAOS_KILLS     SIGKILLs (default 20)
 #   CHAOS_SEED      seed of the messages and of the kill times (default 3)
 set -euo pipefail
-REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_DIR"
-BIN="${BIN:-target/release/analytics-processor}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 MESSAGES="${CHAOS_MESSAGES:-1000000}"
 KILLS="${CHAOS_KILLS:-20}"
 SEED="${CHAOS_SEED:-3}"
-[[ -x "$BIN" ]] || cargo build --release
 
 work="$(mktemp -d)"
 pids=()

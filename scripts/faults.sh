@@ -6,13 +6,10 @@
 # output location that cannot be created must fail at once, naming the path.
 # Needs the services up and their variables exported (make does both).
 set -euo pipefail
-REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_DIR"
-BIN="${BIN:-target/release/analytics-processor}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SERVICES=scripts/services.sh
 MESSAGES="${FAULT_MESSAGES:-300000}"
 OUTAGE="${FAULT_OUTAGE:-60}"
-[[ -x "$BIN" ]] || cargo build --release
 
 work="$(mktemp -d)"
 daemon=""

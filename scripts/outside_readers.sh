@@ -3,9 +3,7 @@
 # partitioning and gets the same numbers as `analytics-processor query`.
 # Needs the services up and their variables exported (make test does both).
 set -euo pipefail
-REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_DIR"
-BIN="${BIN:-target/release/analytics-processor}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 STATE_DIR="${AP_SERVICES_DIR:-$REPO_DIR/.services}"
 VENV="$STATE_DIR/py"
 
@@ -15,7 +13,6 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import duckdb' 2>/d
   "$VENV/bin/pip" install --quiet duckdb >&2
 fi
 
-[[ -x "$BIN" ]] || cargo build --release
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 run_id="outside-$$-$(date +%s)"

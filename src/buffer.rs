@@ -388,6 +388,14 @@ impl EpochBuffer {
         }
     }
 
+    /// Whether the message at `offset` is already in this epoch: after a
+    /// rebalance Kafka delivers again from the last committed offset.
+    pub fn holds(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.offsets
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|r| (r.first..=r.last).contains(&offset))
+    }
+
     /// Messages buffered (valid and dead).
     pub fn rows(&self) -> usize {
         self.signals.rows + self.executions.rows + self.dead.rows
@@ -453,6 +461,9 @@ mod tests {
         ));
         assert_eq!(b.push(&msg("other", 0, 1, exe), 5), Outcome::Ignored);
         assert_eq!(b.rows(), 4);
+        assert!(b.holds(EXECUTIONS_TOPIC, 1, 4));
+        assert!(!b.holds(EXECUTIONS_TOPIC, 1, 6));
+        assert!(!b.holds(EXECUTIONS_TOPIC, 0, 4));
         let out = b.take();
         assert_eq!(out.signals.num_rows(), 1);
         assert_eq!(out.executions.num_rows(), 2);
@@ -468,6 +479,7 @@ mod tests {
             OffsetRange { first: 7, last: 7 }
         );
         assert!(b.is_empty());
+        assert!(!b.holds(EXECUTIONS_TOPIC, 1, 4));
         assert_eq!(b.take().executions.num_rows(), 0);
     }
 }

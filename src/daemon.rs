@@ -56,7 +56,7 @@ pub struct RunSummary {
     pub final_executions: u64,
     pub metric_rows: u64,
     pub metric_errors: u64,
-    /// Messages skipped because an earlier run already committed them.
+    /// Messages skipped because they were already committed or buffered.
     pub already_committed: u64,
     /// Seconds from the first message to the last epoch commit.
     pub busy_seconds: f64,
@@ -294,9 +294,15 @@ impl Daemon {
     /// Routes one message: skipped if already on the store, into the replayed
     /// epoch if it belongs there, else into the current epoch.
     async fn handle(&mut self, m: &Message<'_>, now: Instant) -> Result<(), DaemonError> {
-        if self
-            .progress
-            .already_committed(m.topic, m.partition, m.offset)
+        let redelivered = self.buffer.holds(m.topic, m.partition, m.offset)
+            || self
+                .replay
+                .as_ref()
+                .is_some_and(|r| r.buffer.holds(m.topic, m.partition, m.offset));
+        if redelivered
+            || self
+                .progress
+                .already_committed(m.topic, m.partition, m.offset)
         {
             self.summary.already_committed += 1;
             return Ok(());
