@@ -428,7 +428,13 @@ impl Daemon {
                     delay = (delay * 2).min(Duration::from_secs(30));
                     attempt += 1;
                 }
-                other => return other,
+                other => {
+                    if attempt > 1 {
+                        // Not reading while stalled must not make partitions look idle.
+                        self.tracker.touch_all(Instant::now());
+                    }
+                    return other;
+                }
             }
         }
     }

@@ -74,6 +74,14 @@ impl WatermarkTracker {
         }
     }
 
+    /// Marks every partition as just seen: after the daemon itself stalled
+    /// (a store outage), silence says nothing about the partitions.
+    pub fn touch_all(&mut self, now: Instant) {
+        for p in self.partitions.values_mut() {
+            p.last_seen = now;
+        }
+    }
+
     /// Forgets partitions this instance no longer owns.
     pub fn retain(&mut self, keep: impl Fn(&str, i32) -> bool) {
         self.partitions.retain(|(t, p), _| keep(t, *p));
