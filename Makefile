@@ -13,7 +13,7 @@ DEMO_RATE ?= 20000
 DEMO_SECONDS ?= 60
 DEMO_OUTPUT ?= ./data
 
-.PHONY: all build lint test chaos faults demo services-up services-down services-status clean
+.PHONY: all build lint test chaos faults backlog demo services-up services-down services-status clean
 
 all: build
 
@@ -37,11 +37,17 @@ test: services-up lint build
 	$(ENV) && scripts/outside_readers.sh
 	$(ENV) && CHAOS_MESSAGES=300000 CHAOS_KILLS=5 scripts/chaos.sh
 	$(ENV) && scripts/faults.sh
+	$(ENV) && scripts/backlog.sh
 	$(ENV) && cargo test --release
 
 # S3 outage (60 s), broker restart, unusable output path.
 faults: services-up build
 	$(ENV) && scripts/faults.sh
+
+# Peak RSS while catching up on a backlog, against --memory-limit
+# (BACKLOG_MESSAGES, BACKLOG_LIMIT).
+backlog: services-up build
+	$(ENV) && scripts/backlog.sh
 
 # The full crash test: 1M messages, 20 SIGKILLs, output compared with a clean run.
 chaos: services-up build

@@ -157,6 +157,9 @@ group.initial.rebalance.delay.ms=0
 # Tests create few, small segments; keep disk use and startup scans small.
 log.segment.bytes=67108864
 log.retention.hours=24
+# Room for oversized messages, so the daemon (not the broker) rejects them.
+message.max.bytes=16777216
+replica.fetch.max.bytes=16777216
 EOF
     # Broker log: rolling file so long test sessions do not fill the disk.
     cat >"$KAFKA_DIR/config/log4j2.properties" <<EOF

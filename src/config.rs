@@ -126,7 +126,8 @@ pub struct RunOpts {
     /// Seconds between epochs [default: 5].
     #[arg(long, env = "AP_INTERVAL")]
     pub interval: Option<f64>,
-    /// Close an epoch early once it holds this many messages [default: 500000].
+    /// Close an epoch early once it holds this many messages [default: one
+    /// per KiB of a quarter of --memory-limit, at most 500000].
     #[arg(long, env = "AP_MAX_ROWS")]
     pub max_rows: Option<usize>,
     /// Seconds an event may lag the newest one and still be in its window's
@@ -140,7 +141,10 @@ pub struct RunOpts {
     /// Hours a signal may precede its executions and still be joined [default: 24].
     #[arg(long, env = "AP_LOOKBACK_HOURS")]
     pub lookback_hours: Option<f64>,
-    /// Memory ceiling, e.g. 512MiB, 2GiB [default: 1GiB].
+    /// Memory ceiling for the whole process, e.g. 512MiB, 2GiB: it sizes the
+    /// Kafka prefetch queue (1/16), epochs (1/4, unless --max-rows is given),
+    /// the events finalized at once (1/2) and the query engine's pool
+    /// [default: 1GiB].
     #[arg(long, env = "AP_MEMORY_LIMIT")]
     pub memory_limit: Option<String>,
     /// Stop once every partition is read to its end and no message came for
@@ -292,9 +296,13 @@ impl RunOpts {
                 reason: "must be > 0".into(),
             });
         }
+        let memory_limit = parse_bytes(self.memory_limit.as_deref().unwrap_or("1GiB"))?;
         Ok(Run {
             interval,
-            max_rows: self.max_rows.unwrap_or(500_000).max(1),
+            max_rows: self
+                .max_rows
+                .unwrap_or((memory_limit / 4 / 1024).min(500_000))
+                .max(1),
             allowed_lateness: seconds("--allowed-lateness", self.allowed_lateness, 60.0)?,
             idle_timeout: seconds("--idle-timeout", self.idle_timeout, 30.0)?,
             lookback: seconds(
@@ -302,7 +310,7 @@ impl RunOpts {
                 self.lookback_hours.map(|h| h * 3600.0),
                 86_400.0,
             )?,
-            memory_limit: parse_bytes(self.memory_limit.as_deref().unwrap_or("1GiB"))?,
+            memory_limit,
             stop_when_idle: self
                 .stop_when_idle
                 .map(|s| seconds("--stop-when-idle", Some(s), 0.0))

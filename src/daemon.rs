@@ -60,6 +60,8 @@ pub struct RunSummary {
     pub already_committed: u64,
     /// Seconds from the first message to the last epoch commit.
     pub busy_seconds: f64,
+    /// Peak resident memory of the process (bytes), where the OS reports it.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl RunSummary {
@@ -68,6 +70,11 @@ impl RunSummary {
         self.messages as f64 / self.busy_seconds.max(1e-9)
     }
 }
+
+/// What finalizing one event costs in memory, all stages together (measured
+/// with the catalog metrics): the events finalized at once are budgeted
+/// from it.
+const FINALIZE_BYTES_PER_EVENT: usize = 3 * 1024;
 
 /// Attempts at writing one epoch before the daemon stops with the error
 /// (about 4 minutes of backoff, on top of the store client's own retries).
@@ -178,6 +185,9 @@ struct Daemon {
     summary: RunSummary,
     /// When the first message arrived: the start of throughput figures.
     first_message: Option<Instant>,
+    /// Events per window not final yet, read since the start: sizes the
+    /// finalization chunks (windows read before a restart count as empty).
+    window_events: BTreeMap<i64, u64>,
 }
 
 /// Runs the daemon until `cancel` fires (or, with `stop_when_idle`, until the
@@ -224,6 +234,7 @@ pub async fn run(
         replay: None,
         summary: RunSummary::default(),
         first_message: None,
+        window_events: BTreeMap::new(),
     };
     if let Some(record) = pending {
         info!(
@@ -235,7 +246,22 @@ pub async fn run(
         d.finish_replay_if_complete().await?;
     }
     d.main_loop(cancel).await?;
+    d.summary.peak_rss_bytes = peak_rss_bytes();
     Ok(d.summary)
+}
+
+/// The process's peak resident set size (`VmHWM` on Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 impl Daemon {
@@ -355,6 +381,11 @@ impl Daemon {
                 self.tracker.observe(m.topic, m.partition, event_time, now);
                 if self.progress.observe(event_time) {
                     self.summary.late_events += 1;
+                } else {
+                    *self
+                        .window_events
+                        .entry(window_start(event_time))
+                        .or_default() += 1;
                 }
             }
             Outcome::DeadLetter(e) => {
@@ -452,8 +483,9 @@ impl Daemon {
         record.files = self.write_raw(batches, record.epoch).await?;
         if let Some((from, to)) = record.finalize {
             let mut start = from;
+            let budget = (self.run.memory_limit / 2 / FINALIZE_BYTES_PER_EVENT) as u64;
             while start < to {
-                let end = to.min(finalize_chunk_end(start));
+                let end = finalize_chunk_end(start, to, &self.window_events, budget);
                 let s = self.finalizer.finalize(&self.metrics, start, end).await?;
                 self.summary.final_signals += s.signals as u64;
                 self.summary.final_executions += s.executions as u64;
@@ -463,6 +495,7 @@ impl Daemon {
                 start = end;
             }
             self.progress.finalized_through = Some(to);
+            self.window_events = self.window_events.split_off(&to);
             // Windows from `to` on hold data or will: finalization resumes there.
             self.progress.first_open = Some(to);
         }
@@ -612,14 +645,26 @@ impl Daemon {
     }
 }
 
-/// Windows are finalized at most ten minutes at a time, never across an
-/// hour: a catch-up over hours of backlog then holds only a few minutes of
-/// events in memory, and each file stays inside one Hive partition.
-fn finalize_chunk_end(start: i64) -> i64 {
+/// End of the chunk of windows finalized together from `start` (before
+/// `to`): at least one window, then more while their events (`events` per
+/// window start) fit in `budget`; at most ten minutes and never across an
+/// hour, so a catch-up over hours of backlog holds few events in memory and
+/// each file stays inside one Hive partition.
+fn finalize_chunk_end(start: i64, to: i64, events: &BTreeMap<i64, u64>, budget: u64) -> i64 {
     const CHUNK: i64 = 10 * WINDOW_MICROS;
     const HOUR: i64 = 60 * WINDOW_MICROS;
     let next_hour = (start.div_euclid(HOUR) + 1) * HOUR;
-    next_hour.min(window_start(start) + CHUNK)
+    let limit = to.min(next_hour).min(window_start(start) + CHUNK);
+    let mut end = window_start(start) + WINDOW_MICROS;
+    let mut total = events.get(&window_start(start)).copied().unwrap_or(0);
+    while end < limit {
+        total += events.get(&end).copied().unwrap_or(0);
+        if total > budget {
+            break;
+        }
+        end += WINDOW_MICROS;
+    }
+    end.min(limit)
 }
 
 /// The dead letters of one topic.
@@ -649,9 +694,32 @@ mod tests {
     fn finalize_chunks_are_short_and_stay_inside_the_hour() {
         let h = 1_767_261_600_000_000; // 10:00
         let m = WINDOW_MICROS;
-        assert_eq!(finalize_chunk_end(h), h + 10 * m);
-        assert_eq!(finalize_chunk_end(h + 55 * m), h + 60 * m);
-        assert_eq!(finalize_chunk_end(h + 59 * m + 1), h + 60 * m);
+        let none = BTreeMap::new();
+        let end = |start, to| finalize_chunk_end(start, to, &none, 100);
+        assert_eq!(end(h, h + 120 * m), h + 10 * m);
+        assert_eq!(end(h + 55 * m, h + 120 * m), h + 60 * m);
+        assert_eq!(end(h + 59 * m + 1, h + 120 * m), h + 60 * m);
+        assert_eq!(end(h, h + 3 * m), h + 3 * m);
+    }
+
+    #[test]
+    fn finalize_chunks_hold_the_event_budget() {
+        let h = 1_767_261_600_000_000;
+        let m = WINDOW_MICROS;
+        let events: BTreeMap<i64, u64> =
+            [(h, 40), (h + m, 40), (h + 2 * m, 40), (h + 3 * m, 500)].into();
+        let end = |start| finalize_chunk_end(start, h + 60 * m, &events, 100);
+        assert_eq!(end(h), h + 2 * m, "two windows fit, three do not");
+        assert_eq!(end(h + 2 * m), h + 3 * m);
+        // A window over the budget alone is still finalized, on its own.
+        assert_eq!(end(h + 3 * m), h + 4 * m);
+        assert_eq!(end(h + 4 * m), h + 14 * m, "empty windows cost nothing");
+    }
+
+    #[test]
+    fn peak_rss_is_reported_on_linux() {
+        let rss = peak_rss_bytes().expect("/proc/self/status has VmHWM");
+        assert!(rss > 1 << 20, "{rss}");
     }
 
     #[test]

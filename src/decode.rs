@@ -20,6 +20,8 @@ pub enum DecodeError {
     Tombstone,
     #[error("empty value")]
     Empty,
+    #[error("message of {bytes} bytes exceeds the {limit}-byte limit for one event")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("not UTF-8: invalid byte at offset {0}")]
     NotUtf8(usize),
     #[error("not a JSON object: the value starts with {0:?}")]
@@ -48,6 +50,7 @@ impl DecodeError {
         match self {
             DecodeError::Tombstone => "tombstone",
             DecodeError::Empty => "empty",
+            DecodeError::TooLarge { .. } => "too_large",
             DecodeError::NotUtf8(_) => "not_utf8",
             DecodeError::NotAnObject(_) => "not_an_object",
             DecodeError::InvalidJson(_) => "invalid_json",
@@ -59,6 +62,10 @@ impl DecodeError {
         }
     }
 }
+
+/// Contract events are a few hundred bytes; a message over this size is
+/// corrupt or abusive, and is rejected before any parsing work.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Event times outside these years are rejected: they are corrupt, and would
 /// create absurd partitions.
@@ -236,6 +243,12 @@ pub const STATUSES: &[&str] = &[
 /// Checks the bytes are a UTF-8 JSON object and parses them into `T`.
 fn parse<'a, T: Deserialize<'a>>(value: Option<&'a [u8]>) -> Result<T, DecodeError> {
     let bytes = value.ok_or(DecodeError::Tombstone)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge {
+            bytes: bytes.len(),
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
     let first = text.trim_start().chars().next().ok_or(DecodeError::Empty)?;
     if first != '{' {
@@ -531,6 +544,15 @@ pub(crate) mod tests {
         assert_eq!(sig_err("[1,2]"), DecodeError::NotAnObject('['));
         assert_eq!(sig_err("42"), DecodeError::NotAnObject('4'));
         assert_eq!(sig_err("hello").kind(), "invalid_json");
+        // A valid event padded to 10 MB is rejected for its size alone.
+        let huge = SIGNAL.replacen('{', &format!("{{\"pad\":\"{}\",", "x".repeat(10 << 20)), 1);
+        assert_eq!(
+            sig_err(&huge),
+            DecodeError::TooLarge {
+                bytes: huge.len(),
+                limit: MAX_MESSAGE_BYTES
+            }
+        );
         assert_eq!(sig_err(&SIGNAL[..40]).kind(), "invalid_json");
         // 10,000 levels of nesting neither overflow the stack nor pass.
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);

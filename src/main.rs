@@ -47,12 +47,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run { common, run } => {
             let common = common.or(file.common).resolve();
             let run = run.or(file.run).resolve()?;
+            let limit_mib = run.memory_limit >> 20;
             let token = CancellationToken::new();
             cancel_on_signals(token.clone());
             let s = run_daemon(common, run, token).await?;
             eprintln!(
                 "stopped: {} epochs, {} messages ({} signals, {} executions, {} dead letters, {} late) \
-                 in {:.1} s of work ({:.0} events/s), {} metric rows",
+                 in {:.1} s of work ({:.0} events/s), {} metric rows, peak RSS {} (--memory-limit {limit_mib} MiB)",
                 s.epochs,
                 s.messages,
                 s.signals,
@@ -61,7 +62,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 s.late_events,
                 s.busy_seconds,
                 s.rate(),
-                s.metric_rows
+                s.metric_rows,
+                s.peak_rss_bytes
+                    .map_or("unknown".into(), |b| format!("{} MiB", b >> 20))
             );
         }
         Command::Produce {
@@ -114,7 +117,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime");
+    // Few blocking threads: each keeps its own allocator cache, and local
+    // file I/O gains nothing from more of them.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
+        .context("starting the async runtime");
     let result = rt.and_then(|rt| rt.block_on(dispatch(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,

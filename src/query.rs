@@ -19,7 +19,7 @@ pub enum QueryError {
 /// fixed tables and one per folder under `metrics/`.
 pub async fn context(store: &OutputStore) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new();
-    crate::metrics::udf::register(&ctx);
+    crate::metrics::prepare(&ctx);
     store.register(&ctx);
     for t in tables::fixed_tables() {
         tables::register(&ctx, store, &t).await?;

@@ -65,11 +65,14 @@ fn bad_execution(f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
 fn malformed() -> Vec<(bool, Option<Vec<u8>>, &'static str)> {
     let good = fixture_messages()[1].value.clone().unwrap();
     let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    // A valid execution padded with an unknown 10 MB field.
+    let huge = bad_execution(|v| v["pad"] = "x".repeat(10 << 20).into());
     vec![
         (true, Some(b"not json at all".to_vec()), "invalid_json"),
         (true, Some(good[..50].to_vec()), "invalid_json"),
         (true, Some(b"{\"a\":\"\xff\xfe\"}".to_vec()), "not_utf8"),
         (true, None, "tombstone"),
+        (true, Some(vec![]), "empty"),
         (true, Some(b"[1,2]".to_vec()), "not_an_object"),
         (true, Some(b"\"hello\"".to_vec()), "not_an_object"),
         (
@@ -107,6 +110,7 @@ fn malformed() -> Vec<(bool, Option<Vec<u8>>, &'static str)> {
             "bad_timestamp",
         ),
         (true, Some(deep.into_bytes()), "missing_field"),
+        (true, Some(huge), "too_large"),
         (
             false,
             Some(b"{\"schema_version\":1}".to_vec()),
@@ -344,6 +348,19 @@ async fn assert_dead_letters(store: &OutputStore) {
     )
     .await;
     assert_eq!(bytes, ["false|7b2261223a22fffe227d|true", "true|null|true"]);
+    // The 10 MB message is kept whole, and the reason gives its size.
+    let huge = select(
+        store,
+        "SELECT octet_length(CAST(payload AS VARCHAR)) > 10485760, reason FROM dead_letter_execution_results
+         WHERE error_kind = 'too_large'",
+    )
+    .await;
+    assert_eq!(huge.len(), 1, "{huge:?}");
+    assert!(
+        huge[0].starts_with("true|message of 1048")
+            && huge[0].ends_with("1048576-byte limit for one event"),
+        "{huge:?}"
+    );
     let reasons = select(
         store,
         "SELECT reason FROM dead_letter_execution_results WHERE error_kind = 'unknown_enum'",

@@ -72,7 +72,7 @@ pub fn load(dir: &Path) -> Result<Vec<Metric>, CatalogError> {
 /// A session with empty `signals` and `executions` inputs, for planning.
 pub fn planning_context() -> SessionContext {
     let ctx = SessionContext::new();
-    crate::metrics::udf::register(&ctx);
+    crate::metrics::prepare(&ctx);
     let empty = |s: arrow::datatypes::SchemaRef| {
         Arc::new(MemTable::try_new(s, vec![vec![]]).expect("empty table of a valid schema"))
     };

@@ -104,12 +104,14 @@ fn column_list(schema: &arrow::datatypes::Schema, prefix: &str) -> String {
 
 /// Deduplicated rows of `table` with event time in `[from, to)`; among
 /// duplicates the first by Kafka position wins (they carry the same event).
+/// The time bounds compare the column itself (no cast), so Parquet row-group
+/// statistics and the row filter skip what lies outside the range.
 fn dedupe_sql(table: &str, id: &str, time: &str, columns: &str, from: i64, to: i64) -> String {
     format!(
         "SELECT {columns} FROM (
             SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY kafka_partition, kafka_offset) AS rn
             FROM {table}
-            WHERE {filter} AND CAST({time} AS BIGINT) >= {from} AND CAST({time} AS BIGINT) < {to}
+            WHERE {filter} AND {time} >= to_timestamp_micros({from}) AND {time} < to_timestamp_micros({to})
         ) WHERE rn = 1",
         filter = partition_filter(from, to)
     )
@@ -141,7 +143,11 @@ impl Finalizer {
     }
 
     async fn context(&self) -> Result<SessionContext, DataFusionError> {
-        let config = SessionConfig::new().with_target_partitions(2);
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        // Decode the time column first and only the matching rows of the rest:
+        // a chunk of windows then costs memory for its own rows only.
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         self.store.register(&ctx);
         for t in tables::fixed_tables() {
@@ -237,7 +243,7 @@ impl Finalizer {
             SessionConfig::new().with_target_partitions(1),
             self.runtime.clone(),
         );
-        crate::metrics::udf::register(&mctx);
+        crate::metrics::prepare(&mctx);
         let mem = |schema, batches: Vec<RecordBatch>| {
             MemTable::try_new(schema, vec![batches]).map(Arc::new)
         };

@@ -12,7 +12,9 @@ fn writer_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
-        .set_max_row_group_row_count(Some(256 * 1024))
+        // Row groups of a few minutes of events: their time statistics let a
+        // finalization chunk skip the rest of an hour's files.
+        .set_max_row_group_row_count(Some(32 * 1024))
         .build()
 }
 

@@ -15,7 +15,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::buffer::OffsetRanges;
 
 /// A consumer of both topics in `group`, committing offsets only when told.
-/// `memory_limit` caps librdkafka's prefetch queue at a quarter of it.
+/// `memory_limit` caps librdkafka's prefetch queue at a sixteenth of it (the
+/// queue's per-message overhead about doubles its payload bytes).
 pub fn consumer(
     brokers: &str,
     group: &str,
@@ -23,7 +24,7 @@ pub fn consumer(
     topics: &[&str],
     memory_limit: usize,
 ) -> Result<StreamConsumer, KafkaError> {
-    let queue_kb = (memory_limit / 4 / 1024).clamp(16 * 1024, 2 * 1024 * 1024);
+    let queue_kb = (memory_limit / 16 / 1024).clamp(8 * 1024, 256 * 1024);
     let mut config = ClientConfig::new();
     if let Some(id) = instance_id {
         config.set("group.instance.id", id);
@@ -35,7 +36,9 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("queued.max.messages.kbytes", queue_kb.to_string())
-        .set("fetch.message.max.bytes", "16777216")
+        // Per-partition fetch size; a larger message still arrives whole
+        // (the broker returns it alone) and is rejected by the decoder.
+        .set("fetch.message.max.bytes", "1048576")
         .create()?;
     c.subscribe(topics)?;
     Ok(c)
