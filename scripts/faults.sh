@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fault test: while the daemon catches up on a backlog, the S3 server is
-# stopped for FAULT_OUTAGE seconds and the Kafka broker is restarted. The
-# daemon must ride both out by itself (retrying, committing nothing while the
-# store is down) and end with exactly the output of an undisturbed run. An
+# stopped for FAULT_OUTAGE seconds and the Kafka broker is restarted; then a
+# local output file system is read-only, then full. The daemon must ride
+# each out by itself (retrying, naming the path, committing nothing while the
+# store fails) and end with exactly the output of an undisturbed run. An
 # output location that cannot be created must fail at once, naming the path.
 # Needs the services up and their variables exported (make does both).
 set -euo pipefail
@@ -13,8 +14,10 @@ OUTAGE="${FAULT_OUTAGE:-60}"
 
 work="$(mktemp -d)"
 daemon=""
+small=""
 cleanup() {
   [[ -n $daemon ]] && kill -9 "$daemon" 2>/dev/null
+  [[ -n $small ]] && umount "$small" 2>/dev/null
   # Leave the services running whatever happened.
   "$SERVICES" start s3 >/dev/null 2>&1 || true
   "$SERVICES" start kafka >/dev/null 2>&1 || true
@@ -63,3 +66,51 @@ log "daemon finished; $retries epoch writes were retried during the outage"
 [[ $retries -gt 0 ]] || { log "the outage was never noticed: the test did not test anything"; exit 1; }
 
 python3 scripts/compare_outputs.py "$BIN" "$work/ref" "$out"
+
+# A small file system of our own: read-only first, then full. Mounting one
+# needs root (as on CI); elsewhere the check says it was skipped.
+small="$work/small"
+mkdir -p "$small"
+if ! mount -t tmpfs -o size=8m tmpfs "$small" 2>/dev/null; then
+  small=""
+  log "SKIPPED the read-only and disk-full checks: mounting a tmpfs needs root"
+  exit 0
+fi
+mkdir "$small/out"
+mount -o remount,ro "$small"
+# Waits until the daemon's log has a failed epoch write naming the output.
+wait_for_failure() {
+  for _ in $(seq 1 600); do
+    if grep "consumption paused, nothing committed" "$work/disk.log" | grep "$small/out" | grep -q "$1"; then
+      return 0
+    fi
+    kill -0 "$daemon" 2>/dev/null || { log "daemon died"; tail -n 20 "$work/disk.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  log "no failed write naming $small/out with \"$1\""; tail -n 20 "$work/disk.log" >&2; exit 1
+}
+commits() { { find "$small/out/_checkpoints" -path '*commits*' -type f 2>/dev/null || true; } | wc -l; }
+stalled() {
+  local before
+  before=$(commits)
+  sleep 3
+  [[ $(commits) -eq $before ]] || { log "epochs were committed while the store failed"; exit 1; }
+}
+log "local output on a read-only file system"
+AP_GROUP="$id-disk" "$BIN" "${run_args[@]}" --output "$small/out" 2>"$work/disk.log" &
+daemon=$!
+wait_for_failure "Read-only file system"
+stalled
+log "ok: $(grep -m1 'Read-only file system' "$work/disk.log" | grep -o 'output store.*')"
+mount -o remount,rw "$small"
+log "writable again, 8 MiB: waiting for the disk to fill"
+wait_for_failure "No space left on device"
+stalled
+log "ok: $(grep -m1 'No space left' "$work/disk.log" | grep -o 'output store.*')"
+mount -o remount,size=1g "$small"
+log "space freed: the daemon resumes by itself"
+rc=0
+wait "$daemon" || rc=$?
+daemon=""
+[[ $rc -eq 0 ]] || { log "daemon exit status $rc"; tail -n 30 "$work/disk.log" >&2; exit 1; }
+python3 scripts/compare_outputs.py "$BIN" "$work/ref" "$small/out"
