@@ -75,6 +75,6 @@ AP_GROUP="$id-chaos" AP_INSTANCE_ID="chaos-0" \
   "$BIN" "${run_args[@]}" --output "$work/chaos" --stop-when-idle 5 2>>"$work/chaos.log" \
   || { tail -n 20 "$work/chaos.log" >&2; exit 1; }
 tail -n 1 "$work/chaos.log" >&2
-log "$KILLS kills; $(grep -c 'reading its offset ranges again' "$work/chaos.log" || true) restarts replayed an uncommitted epoch"
+log "$KILLS kills; $(grep -c "was not committed before the last stop" "$work/chaos.log" || true) restarts abandoned an uncommitted epoch"
 
 python3 scripts/compare_outputs.py "$BIN" "$work/clean" "$work/chaos"

@@ -322,6 +322,40 @@ pub struct EpochBatches {
 }
 
 impl EpochBatches {
+    /// Drops every row read from `topic`/`partition` (`signals_topic` names
+    /// the topic of the `signals` batch): another instance writes them.
+    pub fn without(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        signals_topic: &str,
+    ) -> Result<(), arrow::error::ArrowError> {
+        use arrow::array::{AsArray, BooleanArray};
+        use arrow::datatypes::Int32Type;
+        let keep = |b: &RecordBatch, same_topic: &dyn Fn(usize) -> bool| {
+            let parts = b
+                .column_by_name("kafka_partition")
+                .expect("every batch has kafka_partition")
+                .as_primitive::<Int32Type>();
+            let mask: BooleanArray = (0..b.num_rows())
+                .map(|i| Some(!(parts.value(i) == partition && same_topic(i))))
+                .collect();
+            arrow::compute::filter_record_batch(b, &mask)
+        };
+        let is_signals = topic == signals_topic;
+        self.signals = keep(&self.signals, &|_| is_signals)?;
+        self.executions = keep(&self.executions, &|_| !is_signals)?;
+        let topics = self
+            .dead_letters
+            .column_by_name("topic")
+            .expect("dead letters have a topic")
+            .as_string::<i32>()
+            .clone();
+        self.dead_letters = keep(&self.dead_letters, &|i| topics.value(i) == topic)?;
+        self.offsets.remove(&(topic.to_owned(), partition));
+        Ok(())
+    }
+
     /// Newest event time among the epoch's valid rows.
     pub fn max_event_time(&self) -> Option<i64> {
         let max = |b: &RecordBatch, col: &str| {
@@ -481,5 +515,17 @@ mod tests {
         assert!(b.is_empty());
         assert!(!b.holds(EXECUTIONS_TOPIC, 1, 4));
         assert_eq!(b.take().executions.num_rows(), 0);
+
+        // Dropping a partition takes its rows, dead letters and range.
+        let mut out = out;
+        out.without(EXECUTIONS_TOPIC, 1, SIGNALS_TOPIC).unwrap();
+        assert_eq!(out.executions.num_rows(), 0);
+        assert_eq!(out.dead_letters.num_rows(), 0);
+        assert_eq!(out.signals.num_rows(), 1, "same partition, other topic");
+        assert!(!out.offsets.contains_key(&(EXECUTIONS_TOPIC.to_string(), 1)));
+        assert!(out.offsets.contains_key(&(SIGNALS_TOPIC.to_string(), 0)));
+        out.without(SIGNALS_TOPIC, 0, SIGNALS_TOPIC).unwrap();
+        assert_eq!(out.signals.num_rows(), 0);
+        assert!(!out.offsets.contains_key(&(SIGNALS_TOPIC.to_string(), 0)));
     }
 }

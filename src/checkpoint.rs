@@ -1,10 +1,13 @@
 //! Epoch records on the output store, under `_checkpoints/`.
 //!
-//! Before an epoch writes its files, its offset ranges are recorded
-//! (`offsets/<epoch>.json`); after its files are written, its commit record
-//! (`commits/<epoch>.json`) is written; only then are the offsets committed to
-//! Kafka. The latest commit record also carries the window progress, so a
-//! restart knows which windows are already final.
+//! Each instance keeps its own chain (`_checkpoints/<instance>/`), so
+//! instances never overwrite each other's epochs. Before an epoch writes its
+//! files it claims the first offset of each of its partition ranges
+//! (`claims/<topic>/<partition>/<first>.json`, created only if absent: two
+//! instances that read the same messages after a rebalance cannot both write
+//! them), then records its ranges and planned files (`offsets/<epoch>.json`);
+//! after its files are written its commit record (`commits/<epoch>.json`) is
+//! written; only then are the offsets committed to Kafka.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -29,7 +32,7 @@ pub struct PartitionRange {
     pub last: i64,
 }
 
-/// What an epoch consumed and, once committed, what it finalized.
+/// What an epoch consumed and wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: u64,
@@ -41,14 +44,12 @@ pub struct EpochRecord {
     /// Newest event time committed so far (µs).
     #[serde(default)]
     pub max_event_time: Option<i64>,
-    /// Windows `[from, to)` this epoch finalizes; a replay finalizes the same.
-    #[serde(default)]
-    pub finalize: Option<(i64, i64)>,
     /// Next offset to read per partition, over every committed epoch so far
     /// (in commit records): messages below it are already on the store.
     #[serde(default)]
     pub next_offsets: Vec<PartitionOffset>,
-    /// Files the epoch wrote, relative to the output root.
+    /// Files the epoch writes (planned before the first is written),
+    /// relative to the output root.
     #[serde(default)]
     pub files: Vec<String>,
 }
@@ -75,11 +76,28 @@ impl EpochRecord {
     }
 }
 
-const OFFSETS: &str = "_checkpoints/offsets";
-const COMMITS: &str = "_checkpoints/commits";
+const OFFSETS: &str = "offsets";
+const COMMITS: &str = "commits";
+/// Records older than this many epochs are deleted as new ones commit.
+const KEEP_EPOCHS: u64 = 20;
+
+fn folder(instance: &str, kind: &str) -> String {
+    format!("_checkpoints/{instance}/{kind}")
+}
 
 fn name(folder: &str, epoch: u64) -> String {
     format!("{folder}/{epoch:020}.json")
+}
+
+fn claim_name(topic: &str, partition: i32, first: i64) -> String {
+    format!("_checkpoints/claims/{topic}/{partition}/{first:020}.json")
+}
+
+/// Who claimed a partition range's first offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub instance: String,
+    pub epoch: u64,
 }
 
 /// Epoch number of a record file name, if it is one.
@@ -87,48 +105,219 @@ fn epoch_of(rel: &str) -> Option<u64> {
     rel.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()
 }
 
-/// Reads and writes epoch records on one store.
+/// Reads and writes epoch records on one store: this instance's own chain,
+/// and (read-only, or to abort a dead instance's epoch) the others'.
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
     store: OutputStore,
+    instance: String,
 }
 
 impl Checkpoints {
-    pub fn new(store: OutputStore) -> Self {
-        Self { store }
+    pub fn new(store: OutputStore, instance: &str) -> Self {
+        Self {
+            store,
+            instance: instance.to_owned(),
+        }
     }
 
-    async fn put(&self, folder: &str, r: &EpochRecord) -> Result<(), CheckpointError> {
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn put(&self, kind: &str, r: &EpochRecord) -> Result<(), CheckpointError> {
         let json = serde_json::to_vec_pretty(r).expect("records serialize");
-        Ok(self
-            .store
-            .put(&name(folder, r.epoch), Bytes::from(json))
-            .await?)
+        let rel = name(&folder(&self.instance, kind), r.epoch);
+        Ok(self.store.put(&rel, Bytes::from(json)).await?)
     }
 
-    /// Records the offset ranges an epoch is about to write.
+    /// Claims the first offset of each range of `r` for this instance's epoch
+    /// `r.epoch`. Returns the ranges someone else holds, with their claim.
+    pub async fn claim(
+        &self,
+        r: &EpochRecord,
+    ) -> Result<Vec<(PartitionRange, Claim)>, CheckpointError> {
+        let mine = Claim {
+            instance: self.instance.clone(),
+            epoch: r.epoch,
+        };
+        let json = Bytes::from(serde_json::to_vec(&mine).expect("claims serialize"));
+        let mut taken = vec![];
+        for range in &r.ranges {
+            let rel = claim_name(&range.topic, range.partition, range.first);
+            if self.store.create(&rel, json.clone()).await? {
+                continue;
+            }
+            match self.read_claim(&rel).await? {
+                Some(c) if c == mine => {}
+                // Released between the two calls: try again next attempt.
+                None => taken.push((range.clone(), mine.clone())),
+                Some(other) => taken.push((range.clone(), other)),
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn read_claim(&self, rel: &str) -> Result<Option<Claim>, CheckpointError> {
+        let Some(bytes) = self.store.get(rel).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CheckpointError::Corrupt {
+                path: rel.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Deletes the claim on `range` if `owner` holds it.
+    pub async fn release(
+        &self,
+        range: &PartitionRange,
+        owner: &Claim,
+    ) -> Result<(), CheckpointError> {
+        let rel = claim_name(&range.topic, range.partition, range.first);
+        if self.read_claim(&rel).await?.as_ref() == Some(owner) {
+            self.store.delete(&rel).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the offset ranges and planned files an epoch is about to write.
     pub async fn begin(&self, r: &EpochRecord) -> Result<(), CheckpointError> {
         self.put(OFFSETS, r).await
     }
 
-    /// Marks an epoch's files as complete.
+    /// Marks an epoch's files as complete, and forgets epochs long done.
     pub async fn commit(&self, r: &EpochRecord) -> Result<(), CheckpointError> {
-        self.put(COMMITS, r).await
+        self.put(COMMITS, r).await?;
+        if let Some(old) = r.epoch.checked_sub(KEEP_EPOCHS) {
+            let owner = Claim {
+                instance: self.instance.clone(),
+                epoch: old,
+            };
+            if let Some(rec) = self.read(&self.instance, COMMITS, old).await? {
+                for range in &rec.ranges {
+                    self.release(range, &owner).await?;
+                }
+            }
+            for kind in [OFFSETS, COMMITS] {
+                self.store
+                    .delete(&name(&folder(&self.instance, kind), old))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
-    /// The newest committed epoch, if any.
+    /// Abandons an epoch that began but never committed (this instance's
+    /// after a crash, or a dead instance's): its planned files, its claims
+    /// and its offset record are deleted, so its messages, still
+    /// uncommitted in Kafka, are simply read again by their partitions' owner.
+    pub async fn abort(&self, instance: &str, r: &EpochRecord) -> Result<(), CheckpointError> {
+        for f in &r.files {
+            self.store.delete(f).await?;
+        }
+        let owner = Claim {
+            instance: instance.to_owned(),
+            epoch: r.epoch,
+        };
+        for range in &r.ranges {
+            self.release(range, &owner).await?;
+        }
+        Ok(self
+            .store
+            .delete(&name(&folder(instance, OFFSETS), r.epoch))
+            .await?)
+    }
+
+    /// The commit record of `instance`'s epoch, if it committed.
+    pub async fn committed(
+        &self,
+        instance: &str,
+        epoch: u64,
+    ) -> Result<Option<EpochRecord>, CheckpointError> {
+        self.read(instance, COMMITS, epoch).await
+    }
+
+    /// The offset record of `instance`'s epoch, if it began.
+    pub async fn begun(
+        &self,
+        instance: &str,
+        epoch: u64,
+    ) -> Result<Option<EpochRecord>, CheckpointError> {
+        self.read(instance, OFFSETS, epoch).await
+    }
+
+    /// The newest committed epoch of `instance`, if any.
+    pub async fn latest_commit_of(
+        &self,
+        instance: &str,
+    ) -> Result<Option<EpochRecord>, CheckpointError> {
+        self.newest(&folder(instance, COMMITS), 0).await
+    }
+
+    /// This instance's newest committed epoch, if any.
     pub async fn latest_commit(&self) -> Result<Option<EpochRecord>, CheckpointError> {
-        self.newest(COMMITS, 0).await
+        self.latest_commit_of(&self.instance).await
     }
 
-    /// An epoch that began after `committed` (the newest commit) but has no
-    /// commit record: its files may be partly written and must be replayed.
+    /// Every instance that has a checkpoint chain on the store.
+    pub async fn instances(&self) -> Result<Vec<String>, CheckpointError> {
+        let mut all = self.store.folders("_checkpoints").await?;
+        all.retain(|f| f != "claims");
+        Ok(all)
+    }
+
+    /// This instance's epochs that began after `committed` (the newest
+    /// commit) but have no commit record: their files may be partly written.
     pub async fn pending(
         &self,
         committed: Option<u64>,
-    ) -> Result<Option<EpochRecord>, CheckpointError> {
+    ) -> Result<Vec<EpochRecord>, CheckpointError> {
         let after = committed.map_or(0, |e| e + 1);
-        self.newest(OFFSETS, after).await
+        let mut out = vec![];
+        for (rel, _) in self.store.list(&folder(&self.instance, OFFSETS)).await? {
+            if epoch_of(&rel).is_some_and(|e| e >= after) {
+                out.push(self.parse(&rel).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read(
+        &self,
+        instance: &str,
+        kind: &str,
+        epoch: u64,
+    ) -> Result<Option<EpochRecord>, CheckpointError> {
+        let rel = name(&folder(instance, kind), epoch);
+        match self.store.get(&rel).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| CheckpointError::Corrupt {
+                        path: rel,
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    async fn parse(&self, rel: &str) -> Result<EpochRecord, CheckpointError> {
+        let bytes = self
+            .store
+            .get(rel)
+            .await?
+            .ok_or_else(|| CheckpointError::Corrupt {
+                path: rel.to_owned(),
+                reason: "listed but missing".into(),
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
+            path: rel.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     /// The record with the highest epoch `>= min_epoch` in `folder`.
@@ -145,23 +334,10 @@ impl Checkpoints {
             .filter_map(|(rel, _)| epoch_of(&rel).map(|e| (e, rel)))
             .filter(|(e, _)| *e >= min_epoch)
             .max();
-        let Some((_, rel)) = latest else {
-            return Ok(None);
-        };
-        let bytes = self
-            .store
-            .get(&rel)
-            .await?
-            .ok_or_else(|| CheckpointError::Corrupt {
-                path: rel.clone(),
-                reason: "listed but missing".into(),
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CheckpointError::Corrupt {
-                path: rel,
-                reason: e.to_string(),
-            })
+        match latest {
+            None => Ok(None),
+            Some((_, rel)) => self.parse(&rel).await.map(Some),
+        }
     }
 }
 
@@ -182,7 +358,6 @@ mod tests {
             finalized_through: Some(60_000_000),
             first_open: None,
             max_event_time: None,
-            finalize: None,
             next_offsets: vec![],
             files: vec!["raw/x.parquet".into()],
         }
@@ -191,19 +366,20 @@ mod tests {
     #[tokio::test]
     async fn latest_commit_is_the_highest_epoch() {
         let store = OutputStore::open("memory://", &S3Options::default()).unwrap();
-        let c = Checkpoints::new(store.clone());
+        let c = Checkpoints::new(store.clone(), "a");
         assert_eq!(c.latest_commit().await.unwrap(), None);
         for e in [2, 10, 9] {
             c.commit(&record(e)).await.unwrap();
         }
-        assert_eq!(c.pending(Some(10)).await.unwrap(), None);
+        assert!(c.pending(Some(10)).await.unwrap().is_empty());
         c.begin(&record(10)).await.unwrap();
         c.begin(&record(11)).await.unwrap(); // begun, not committed
         assert_eq!(c.latest_commit().await.unwrap(), Some(record(10)));
-        assert_eq!(c.pending(Some(10)).await.unwrap(), Some(record(11)));
-        assert_eq!(c.pending(None).await.unwrap(), Some(record(11)));
+        assert_eq!(c.pending(Some(10)).await.unwrap(), [record(11)]);
+        assert_eq!(c.latest_commit_of("b").await.unwrap(), None);
+        assert_eq!(c.instances().await.unwrap(), ["a"]);
         store
-            .put(&name(COMMITS, 12), Bytes::from_static(b"{"))
+            .put(&name(&folder("a", COMMITS), 12), Bytes::from_static(b"{"))
             .await
             .unwrap();
         assert!(matches!(
@@ -211,8 +387,56 @@ mod tests {
             Err(CheckpointError::Corrupt { .. })
         ));
         assert_eq!(
-            epoch_of("_checkpoints/commits/00000000000000000042.json"),
+            epoch_of("_checkpoints/a/commits/00000000000000000042.json"),
             Some(42)
         );
+    }
+
+    #[tokio::test]
+    async fn claims_let_one_instance_write_a_range_and_aborts_release_it() {
+        let store = OutputStore::open("memory://", &S3Options::default()).unwrap();
+        let a = Checkpoints::new(store.clone(), "a");
+        let b = Checkpoints::new(store.clone(), "b");
+        assert!(a.claim(&record(3)).await.unwrap().is_empty());
+        assert!(
+            a.claim(&record(3)).await.unwrap().is_empty(),
+            "a retry keeps it"
+        );
+        let taken = b.claim(&record(7)).await.unwrap();
+        let owner = Claim {
+            instance: "a".into(),
+            epoch: 3,
+        };
+        assert_eq!(taken, [(record(7).ranges[0].clone(), owner.clone())]);
+        // a dies after writing a file: b aborts a's epoch and takes the range.
+        let mut begun = record(3);
+        store.put("raw/x.parquet", Bytes::new()).await.unwrap();
+        a.begin(&begun).await.unwrap();
+        assert_eq!(b.begun("a", 3).await.unwrap(), Some(begun.clone()));
+        b.abort("a", &begun).await.unwrap();
+        assert_eq!(store.get("raw/x.parquet").await.unwrap(), None);
+        assert_eq!(b.begun("a", 3).await.unwrap(), None);
+        assert!(b.claim(&record(7)).await.unwrap().is_empty());
+        // A release by a former owner leaves the new claim alone.
+        begun.files.clear();
+        b.release(&begun.ranges[0], &owner).await.unwrap();
+        assert!(!a.claim(&record(3)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn old_epochs_are_pruned_with_their_claims() {
+        let store = OutputStore::open("memory://", &S3Options::default()).unwrap();
+        let a = Checkpoints::new(store.clone(), "a");
+        let mut r = record(0);
+        a.claim(&r).await.unwrap();
+        a.commit(&r).await.unwrap();
+        r.epoch = KEEP_EPOCHS;
+        r.ranges[0].first = 10;
+        a.claim(&r).await.unwrap();
+        a.commit(&r).await.unwrap();
+        assert_eq!(a.committed("a", 0).await.unwrap(), None);
+        assert!(a.committed("a", KEEP_EPOCHS).await.unwrap().is_some());
+        let claims = store.list("_checkpoints/claims").await.unwrap();
+        assert_eq!(claims.len(), 1, "{claims:?}");
     }
 }

@@ -93,9 +93,12 @@ pub struct CommonOpts {
     /// Kafka consumer group [default: analytics-processor].
     #[arg(long, env = "AP_GROUP")]
     pub group: Option<String>,
-    /// Static member id in the consumer group (Kafka `group.instance.id`): a
-    /// restarted instance with the same id gets its partitions back at once
-    /// instead of waiting for the session timeout.
+    /// Name of this instance; several instances in one group each need their
+    /// own (letters, digits, `-`, `_`, `.`). It keys the instance's
+    /// checkpoints and raw file names on the store, and is its static member
+    /// id in the consumer group (Kafka `group.instance.id`): restarted with
+    /// the same id it gets its partitions back at once [default: main,
+    /// without static membership].
     #[arg(long, env = "AP_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Output root: a directory, or a URL such as s3://bucket/prefix [default: ./data].
@@ -138,6 +141,11 @@ pub struct RunOpts {
     /// watermark back [default: 30].
     #[arg(long, env = "AP_IDLE_TIMEOUT")]
     pub idle_timeout: Option<f64>,
+    /// Seconds without a heartbeat after which another instance counts as
+    /// gone: its unfinished epoch is abandoned and the finalizer lease can
+    /// move [default: 30].
+    #[arg(long, env = "AP_INSTANCE_TIMEOUT")]
+    pub instance_timeout: Option<f64>,
     /// Hours a signal may precede its executions and still be joined [default: 24].
     #[arg(long, env = "AP_LOOKBACK_HOURS")]
     pub lookback_hours: Option<f64>,
@@ -224,6 +232,7 @@ merge_opts!(RunOpts {
     max_rows,
     allowed_lateness,
     idle_timeout,
+    instance_timeout,
     lookback_hours,
     memory_limit,
     stop_when_idle
@@ -274,6 +283,7 @@ pub struct Run {
     pub max_rows: usize,
     pub allowed_lateness: Duration,
     pub idle_timeout: Duration,
+    pub instance_timeout: Duration,
     pub lookback: Duration,
     pub memory_limit: usize,
     pub stop_when_idle: Option<Duration>,
@@ -305,6 +315,7 @@ impl RunOpts {
                 .max(1),
             allowed_lateness: seconds("--allowed-lateness", self.allowed_lateness, 60.0)?,
             idle_timeout: seconds("--idle-timeout", self.idle_timeout, 30.0)?,
+            instance_timeout: seconds("--instance-timeout", self.instance_timeout, 30.0)?,
             lookback: seconds(
                 "--lookback-hours",
                 self.lookback_hours.map(|h| h * 3600.0),

@@ -16,9 +16,15 @@ use tracing::{debug, info, warn};
 use crate::buffer::{EpochBatches, EpochBuffer, Message, Outcome};
 use crate::checkpoint::{CheckpointError, Checkpoints, EpochRecord, PartitionOffset};
 use crate::config::{Common, Run};
+use crate::coordination::{
+    global_watermark, host_name, now_ms, CoordinationError, Coordinator, FinalizerProgress,
+    InstanceRecord, PartitionReport,
+};
 use crate::metrics::catalog::{self, CatalogError, Metric};
-use crate::metrics::engine::{write_partitioned, EngineError, FileNaming, Finalizer};
-use crate::schema::{Topics, EXECUTIONS_TOPIC, SIGNALS_TOPIC};
+use crate::metrics::engine::{
+    plan_partitioned, write_planned, EngineError, FileNaming, Finalizer, PlannedFile,
+};
+use crate::schema::{EXECUTIONS_TOPIC, SIGNALS_TOPIC};
 use crate::sink::store::{OutputStore, StoreError};
 use crate::source::kafka;
 use crate::tables;
@@ -32,6 +38,18 @@ pub enum DaemonError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Coordination(#[from] CoordinationError),
+    #[error("{topic}/{partition} from offset {first} is claimed by instance {instance}'s epoch {epoch}, not committed yet: waiting for it")]
+    Contended {
+        topic: String,
+        partition: i32,
+        first: i64,
+        instance: String,
+        epoch: u64,
+    },
+    #[error("--instance-id {0:?}: use letters, digits, '-', '_' and '.' only")]
+    InstanceId(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("kafka: {0}")]
@@ -84,28 +102,37 @@ const STORE_ATTEMPTS: u32 = 10;
 #[derive(Debug, Clone, Default)]
 struct Progress {
     next_epoch: u64,
+    /// Windows starting before this are final (the finalizer's progress).
     finalized_through: Option<i64>,
+    /// Earliest window holding this instance's committed, not final data.
     first_open: Option<i64>,
-    /// Newest event time committed so far: end of input finalizes up to it
-    /// even when a restarted daemon has nothing new to read.
+    /// Newest event time this instance committed.
     max_event_time: Option<i64>,
-    /// Next offset to read per partition over all committed epochs: a
-    /// message below it is already on the store and is skipped.
+    /// Next offset to read per partition over every instance's committed
+    /// epochs: a message below it is already on the store and is skipped.
     next_offsets: BTreeMap<(String, i32), i64>,
 }
 
 impl Progress {
     fn from_commit(r: &EpochRecord) -> Self {
-        Self {
+        let mut p = Self {
             next_epoch: r.epoch + 1,
             finalized_through: r.finalized_through,
             first_open: r.first_open,
             max_event_time: r.max_event_time,
-            next_offsets: r
+            next_offsets: BTreeMap::new(),
+        };
+        p.merge_offsets(r);
+        p
+    }
+
+    fn merge_offsets(&mut self, r: &EpochRecord) {
+        for o in &r.next_offsets {
+            let next = self
                 .next_offsets
-                .iter()
-                .map(|o| ((o.topic.clone(), o.partition), o.next))
-                .collect(),
+                .entry((o.topic.clone(), o.partition))
+                .or_insert(o.next);
+            *next = (*next).max(o.next);
         }
     }
 
@@ -118,6 +145,14 @@ impl Progress {
         late
     }
 
+    /// Takes the finalizer's progress: windows before `through` are final.
+    fn finalized(&mut self, through: i64) {
+        self.finalized_through = Some(self.finalized_through.map_or(through, |f| f.max(through)));
+        if self.first_open.is_some_and(|f| f < through) {
+            self.first_open = Some(through);
+        }
+    }
+
     fn already_committed(&self, topic: &str, partition: i32, offset: i64) -> bool {
         self.next_offsets
             .get(&(topic.to_owned(), partition))
@@ -125,69 +160,43 @@ impl Progress {
     }
 }
 
-/// An epoch that began before a stop but was never committed: its recorded
-/// offset ranges are read again into an epoch of the same number, so its
-/// files are rewritten under the same names with the same rows.
-struct Replay {
-    record: EpochRecord,
-    buffer: EpochBuffer,
-    /// Partitions whose recorded last offset has not been read yet.
-    waiting: BTreeSet<(String, i32)>,
-}
-
-impl Replay {
-    fn new(record: EpochRecord, topics: Topics) -> Self {
-        let waiting = record
-            .ranges
-            .iter()
-            .map(|r| (r.topic.clone(), r.partition))
-            .collect();
-        Self {
-            record,
-            buffer: EpochBuffer::new(topics),
-            waiting,
-        }
-    }
-
-    /// Whether `offset` of `topic`/`partition` belongs to the replayed epoch.
-    fn covers(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        self.record.ranges.iter().any(|r| {
-            r.topic == topic && r.partition == partition && (r.first..=r.last).contains(&offset)
-        })
-    }
-
-    /// Notes that `offset` was read; true once every range is complete.
-    fn read(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
-        if self
-            .record
-            .ranges
-            .iter()
-            .any(|r| r.topic == topic && r.partition == partition && r.last == offset)
-        {
-            self.waiting.remove(&(topic.to_owned(), partition));
-        }
-        self.waiting.is_empty()
-    }
-}
-
 struct Daemon {
     common: Common,
     run: Run,
+    instance: String,
     store: OutputStore,
     checkpoints: Checkpoints,
+    coordinator: Coordinator,
     finalizer: Finalizer,
     metrics: Vec<Metric>,
     consumer: Arc<StreamConsumer>,
     buffer: EpochBuffer,
     tracker: WatermarkTracker,
     progress: Progress,
-    replay: Option<Replay>,
     summary: RunSummary,
     /// When the first message arrived: the start of throughput figures.
     first_message: Option<Instant>,
-    /// Events per window not final yet, read since the start: sizes the
-    /// finalization chunks (windows read before a restart count as empty).
+    /// Events per window not final yet, committed by this instance since it
+    /// started: sizes the finalization chunks (windows read before a restart
+    /// count as empty).
     window_events: BTreeMap<i64, u64>,
+    /// Partitions this instance reads, as last seen.
+    owned: BTreeSet<(String, i32)>,
+    /// Partitions sought back to this offset after their rows were dropped:
+    /// messages before it arrives are leftovers of the old position.
+    resync: BTreeMap<(String, i32), i64>,
+    /// The finalizer lease term this instance holds.
+    term: Option<u64>,
+}
+
+/// Names safe in store paths and file names.
+fn valid_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.')
 }
 
 /// Runs the daemon until `cancel` fires (or, with `stop_when_idle`, until the
@@ -198,13 +207,35 @@ pub async fn run(
     run: Run,
     cancel: CancellationToken,
 ) -> Result<RunSummary, DaemonError> {
+    let instance = common.instance_id.clone().unwrap_or_else(|| "main".into());
+    if !valid_instance_id(&instance) {
+        return Err(DaemonError::InstanceId(instance));
+    }
     let store = OutputStore::open(&common.output, &common.s3)?;
     let metrics = catalog::load(&common.sql_dir)?;
     catalog::check(&metrics).await?;
-    let checkpoints = Checkpoints::new(store.clone());
+    let coordinator = Coordinator::new(
+        store.clone(),
+        &instance,
+        run.instance_timeout.as_millis() as i64,
+    );
+    coordinator.check_not_in_use().await?;
+    let checkpoints = Checkpoints::new(store.clone(), &instance);
     let last = checkpoints.latest_commit().await?;
-    let progress = last.as_ref().map(Progress::from_commit).unwrap_or_default();
-    let pending = checkpoints.pending(last.as_ref().map(|r| r.epoch)).await?;
+    let mut progress = last.as_ref().map(Progress::from_commit).unwrap_or_default();
+    // An epoch that began but never committed may have left part of its
+    // files: they go, and its messages (uncommitted in Kafka) are read again.
+    for record in checkpoints.pending(last.as_ref().map(|r| r.epoch)).await? {
+        info!(
+            epoch = record.epoch,
+            files = record.files.len(),
+            "an epoch was not committed before the last stop: abandoning its files, its messages are read again"
+        );
+        checkpoints.abort(&instance, &record).await?;
+    }
+    if let Some(p) = coordinator.progress().await? {
+        progress.finalized(p.finalized_through);
+    }
     let topics = common.topics.clone();
     let consumer = kafka::consumer(
         &common.brokers,
@@ -219,33 +250,33 @@ pub async fn run(
         run.lookback.as_micros() as i64,
     )?;
     info!(output = %store.root_url(), brokers = %common.brokers, group = %common.group,
-          metrics = metrics.len(), epoch = progress.next_epoch, "daemon started");
+          instance = %instance, metrics = metrics.len(), epoch = progress.next_epoch, "daemon started");
     let mut d = Daemon {
         tracker: WatermarkTracker::new(run.allowed_lateness, run.idle_timeout),
         buffer: EpochBuffer::new(topics),
         common,
         run,
+        instance,
         store,
         checkpoints,
+        coordinator,
         finalizer,
         metrics,
         consumer: Arc::new(consumer),
         progress,
-        replay: None,
         summary: RunSummary::default(),
         first_message: None,
         window_events: BTreeMap::new(),
+        owned: BTreeSet::new(),
+        resync: BTreeMap::new(),
+        term: None,
     };
-    if let Some(record) = pending {
-        info!(
-            epoch = record.epoch,
-            ranges = record.ranges.len(),
-            "an epoch was not committed before the last stop: reading its offset ranges again"
-        );
-        d.replay = Some(Replay::new(record, d.common.topics.clone()));
-        d.finish_replay_if_complete().await?;
-    }
+    d.load_next_offsets().await?;
     d.main_loop(cancel).await?;
+    // Others need not wait for this instance's heartbeat to expire.
+    if let Err(e) = d.publish(true).await {
+        warn!(error = %e, "could not record the stop; others take over after --instance-timeout");
+    }
     d.summary.peak_rss_bytes = peak_rss_bytes();
     Ok(d.summary)
 }
@@ -296,36 +327,43 @@ impl Daemon {
                     Err(_) => {}
                 }
             }
-            // A replayed epoch is committed before any newer one.
-            let due = self.buffer.rows() >= self.run.max_rows || Instant::now() >= deadline;
-            if due && self.replay.is_none() {
+            if self.buffer.rows() >= self.run.max_rows || Instant::now() >= deadline {
                 self.epoch(false).await?;
                 deadline = Instant::now() + self.run.interval;
             }
             if let Some(idle) = self.run.stop_when_idle {
                 // Quiet is not enough (a broker restart is quiet too): the end
                 // of input is quiet *and* read up to every partition's end.
-                if last_message.elapsed() >= idle && self.replay.is_none() && self.caught_up() {
+                if last_message.elapsed() >= idle && self.caught_up() && self.epoch(true).await? {
                     info!(
                         idle_secs = idle.as_secs_f64(),
-                        "all partitions read to their end and quiet: finalizing every window and stopping"
+                        "every partition read to its end and quiet, every window final: stopping"
                     );
-                    self.epoch(true).await?;
                     return Ok(());
                 }
             }
         }
     }
 
-    /// Routes one message: skipped if already on the store, into the replayed
-    /// epoch if it belongs there, else into the current epoch.
+    /// Routes one message: skipped if already on the store, else into the
+    /// current epoch.
     async fn handle(&mut self, m: &Message<'_>, now: Instant) -> Result<(), DaemonError> {
-        let redelivered = self.buffer.holds(m.topic, m.partition, m.offset)
-            || self
-                .replay
-                .as_ref()
-                .is_some_and(|r| r.buffer.holds(m.topic, m.partition, m.offset));
-        if redelivered
+        let key = (m.topic.to_owned(), m.partition);
+        if !self.owned.contains(&key) {
+            // A partition new to this instance: what others committed of it
+            // must be known before its first message is taken.
+            self.refresh_assignment();
+            self.owned.insert(key.clone());
+            self.load_next_offsets().await?;
+        }
+        if let Some(&want) = self.resync.get(&key) {
+            if m.offset != want {
+                self.summary.already_committed += 1;
+                return Ok(());
+            }
+            self.resync.remove(&key);
+        }
+        if self.buffer.holds(m.topic, m.partition, m.offset)
             || self
                 .progress
                 .already_committed(m.topic, m.partition, m.offset)
@@ -334,34 +372,8 @@ impl Daemon {
             return Ok(());
         }
         let ingested_at = chrono::Utc::now().timestamp_micros();
-        match &mut self.replay {
-            Some(r) if r.covers(m.topic, m.partition, m.offset) => {
-                let outcome = r.buffer.push(m, ingested_at);
-                let complete = r.read(m.topic, m.partition, m.offset);
-                self.account(m, outcome, now);
-                if complete {
-                    self.finish_replay_if_complete().await?;
-                }
-            }
-            _ => {
-                let outcome = self.buffer.push(m, ingested_at);
-                self.account(m, outcome, now);
-            }
-        }
-        Ok(())
-    }
-
-    /// Commits the replayed epoch once all its ranges have been read.
-    async fn finish_replay_if_complete(&mut self) -> Result<(), DaemonError> {
-        if self.replay.as_ref().is_some_and(|r| r.waiting.is_empty()) {
-            let mut r = self.replay.take().expect("checked");
-            let batches = r.buffer.take();
-            info!(
-                epoch = r.record.epoch,
-                "replayed epoch read in full: writing it again"
-            );
-            self.commit_epoch(r.record, batches).await?;
-        }
+        let outcome = self.buffer.push(m, ingested_at);
+        self.account(m, outcome, now);
         Ok(())
     }
 
@@ -397,63 +409,39 @@ impl Daemon {
         }
     }
 
-    /// Closes the current epoch: decides which windows become final, records
-    /// the epoch's offset ranges, then writes it. While an uncommitted epoch
-    /// is being replayed nothing newer is written (its messages are read again
-    /// after a restart).
-    async fn epoch(&mut self, end_of_input: bool) -> Result<(), DaemonError> {
-        if self.replay.is_some() {
-            return Ok(());
-        }
+    /// Closes the current epoch: writes and commits what it read, tells the
+    /// other instances where this one stands, then (as the finalizer lease
+    /// holder) finalizes the windows every partition's watermark has passed.
+    /// At `end_of_input`, returns whether every window is final.
+    async fn epoch(&mut self, end_of_input: bool) -> Result<bool, DaemonError> {
         self.refresh_assignment();
-        let bound = if end_of_input {
-            self.tracker
-                .max_event_time()
-                .max(self.progress.max_event_time)
-                .map(|t| window_start(t) + WINDOW_MICROS)
-        } else {
-            self.tracker.watermark(Instant::now()).map(final_bound)
-        };
-        let finalize = match (self.progress.first_open, bound) {
-            (Some(from), Some(to)) if from < to => Some((from, to)),
-            _ => None,
-        };
-        if self.buffer.is_empty() && finalize.is_none() {
-            return Ok(());
+        if !self.buffer.is_empty() {
+            let batches = self.buffer.take();
+            self.commit_epoch(batches).await?;
         }
-        let batches = self.buffer.take();
-        let record = EpochRecord {
-            epoch: self.progress.next_epoch,
-            ranges: EpochRecord::ranges_of(&batches.offsets),
-            finalized_through: self.progress.finalized_through,
-            first_open: self.progress.first_open,
-            max_event_time: self.progress.max_event_time,
-            finalize,
-            next_offsets: vec![],
-            files: vec![],
-        };
-        self.commit_epoch(record, batches).await
+        // Coordination is retried at the next epoch: a failure here delays
+        // finalization, it loses nothing.
+        match self.coordinate(end_of_input).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                warn!(error = %e, "finalization step failed; retrying at the next epoch");
+                Ok(false)
+            }
+        }
     }
 
-    /// Records, writes and commits an epoch, retrying with backoff while the
-    /// store fails (an S3 outage, a full disk): consumption pauses meanwhile,
-    /// nothing is committed, and every attempt rewrites the same files. Gives
-    /// up with the error after `STORE_ATTEMPTS`.
-    async fn commit_epoch(
-        &mut self,
-        record: EpochRecord,
-        batches: EpochBatches,
-    ) -> Result<(), DaemonError> {
+    /// Writes and commits an epoch, retrying with backoff while the store
+    /// fails (an S3 outage, a full disk) or another instance's unfinished
+    /// epoch holds some of its offsets: consumption pauses meanwhile, nothing
+    /// is committed, and every attempt rewrites the same files. Gives up with
+    /// the error after `STORE_ATTEMPTS`.
+    async fn commit_epoch(&mut self, mut batches: EpochBatches) -> Result<(), DaemonError> {
         let mut delay = Duration::from_secs(1);
         let mut attempt = 1;
         loop {
-            let result = match self.checkpoints.begin(&record).await {
-                Ok(()) => self.write_epoch(record.clone(), &batches).await,
-                Err(e) => Err(e.into()),
-            };
-            match result {
+            match self.try_epoch(&mut batches).await {
                 Err(e) if attempt < STORE_ATTEMPTS => {
-                    warn!(epoch = record.epoch, attempt, retry_in_secs = delay.as_secs(), error = %e,
+                    warn!(epoch = self.progress.next_epoch, attempt, retry_in_secs = delay.as_secs(), error = %e,
                           "writing the epoch failed; consumption paused, nothing committed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
@@ -470,50 +458,43 @@ impl Daemon {
         }
     }
 
-    /// Writes an epoch whose offset record is on the store: raw files, the
-    /// windows it finalizes, the commit record, then the Kafka offsets. File
-    /// names depend only on the epoch and the windows, so writing the same
-    /// epoch again replaces its files.
-    async fn write_epoch(
-        &mut self,
-        mut record: EpochRecord,
-        batches: &EpochBatches,
-    ) -> Result<(), DaemonError> {
+    /// One attempt at an epoch: claims its offset ranges, records them with
+    /// the planned files, writes the raw files, the commit record, then the
+    /// Kafka offsets. File names depend only on the instance, the epoch and
+    /// the hours, so writing the same epoch again replaces its files.
+    async fn try_epoch(&mut self, batches: &mut EpochBatches) -> Result<(), DaemonError> {
         let t0 = Instant::now();
-        record.files = self.write_raw(batches, record.epoch).await?;
-        if let Some((from, to)) = record.finalize {
-            let mut start = from;
-            let budget = (self.run.memory_limit / 2 / FINALIZE_BYTES_PER_EVENT) as u64;
-            while start < to {
-                let end = finalize_chunk_end(start, to, &self.window_events, budget);
-                let s = self.finalizer.finalize(&self.metrics, start, end).await?;
-                self.summary.final_signals += s.signals as u64;
-                self.summary.final_executions += s.executions as u64;
-                self.summary.metric_rows += s.metric_rows.values().sum::<usize>() as u64;
-                self.summary.metric_errors += s.metric_errors.len() as u64;
-                record.files.extend(s.files);
-                start = end;
+        for _ in 0..16 {
+            if self.claim(batches).await? {
+                break;
             }
-            self.progress.finalized_through = Some(to);
-            self.window_events = self.window_events.split_off(&to);
-            // Windows from `to` on hold data or will: finalization resumes there.
-            self.progress.first_open = Some(to);
         }
+        if batches.offsets.is_empty() {
+            return Ok(()); // every range was somebody else's
+        }
+        let epoch = self.progress.next_epoch;
+        let plan = self.plan_raw(batches, epoch)?;
+        let mut record = EpochRecord {
+            epoch,
+            ranges: EpochRecord::ranges_of(&batches.offsets),
+            finalized_through: self.progress.finalized_through,
+            first_open: self.progress.first_open,
+            max_event_time: self.progress.max_event_time,
+            next_offsets: vec![],
+            files: plan.iter().map(|(rel, _)| rel.clone()).collect(),
+        };
+        self.checkpoints.begin(&record).await?;
+        write_planned(&self.store, &plan).await?;
+        let mut next_offsets = self.progress.next_offsets.clone();
         for r in &record.ranges {
-            let next = self
-                .progress
-                .next_offsets
+            let next = next_offsets
                 .entry((r.topic.clone(), r.partition))
                 .or_insert(r.last + 1);
             *next = (*next).max(r.last + 1);
         }
-        self.progress.max_event_time = self.progress.max_event_time.max(batches.max_event_time());
-        record.finalized_through = self.progress.finalized_through;
-        record.first_open = self.progress.first_open;
-        record.max_event_time = self.progress.max_event_time;
-        record.next_offsets = self
-            .progress
-            .next_offsets
+        let max_event_time = self.progress.max_event_time.max(batches.max_event_time());
+        record.max_event_time = max_event_time;
+        record.next_offsets = next_offsets
             .iter()
             .map(|((topic, partition), next)| PartitionOffset {
                 topic: topic.clone(),
@@ -522,29 +503,296 @@ impl Daemon {
             })
             .collect();
         self.checkpoints.commit(&record).await?;
+        // Committed: only now does the progress move.
+        self.progress.next_offsets = next_offsets;
+        self.progress.max_event_time = max_event_time;
         if let Err(e) = kafka::commit(&self.consumer, &batches.offsets) {
             // The files and the commit record are durable and carry the
             // offsets; a restart skips what they cover.
-            warn!(epoch = record.epoch, error = %e, "offset commit failed");
+            warn!(epoch, error = %e, "offset commit failed");
         }
-        self.progress.next_epoch = record.epoch + 1;
+        self.progress.next_epoch = epoch + 1;
         self.summary.epochs += 1;
         // Throughput counts the time spent on messages, not idle waits.
-        if let (Some(first), false) = (self.first_message, batches.offsets.is_empty()) {
+        if let Some(first) = self.first_message {
             self.summary.busy_seconds = first.elapsed().as_secs_f64();
         }
         info!(
-            epoch = record.epoch,
+            epoch,
             signals = batches.signals.num_rows(),
             executions = batches.executions.num_rows(),
             dead_letters = batches.dead_letters.num_rows(),
             files = record.files.len(),
-            finalized_through = ?self.progress.finalized_through.map(crate::metrics::engine::format_bound),
             epoch_ms = t0.elapsed().as_millis() as u64,
             events_per_sec = self.summary.rate() as u64,
             "epoch committed"
         );
         Ok(())
+    }
+
+    /// Claims the epoch's ranges. A range another instance already committed
+    /// is dropped from the epoch (its rows are duplicates) and its partition
+    /// read on from there; a claim of a gone instance's unfinished epoch is
+    /// cleared by abandoning that epoch. Returns true once every remaining
+    /// range is this instance's; an unfinished epoch of a live instance is an
+    /// error to retry.
+    async fn claim(&mut self, batches: &mut EpochBatches) -> Result<bool, DaemonError> {
+        let record = EpochRecord {
+            epoch: self.progress.next_epoch,
+            ranges: EpochRecord::ranges_of(&batches.offsets),
+            finalized_through: None,
+            first_open: None,
+            max_event_time: None,
+            next_offsets: vec![],
+            files: vec![],
+        };
+        let taken = self.checkpoints.claim(&record).await?;
+        if taken.is_empty() {
+            return Ok(true);
+        }
+        let records = self.coordinator.records().await?;
+        for (range, claim) in taken {
+            let holder = self
+                .checkpoints
+                .committed(&claim.instance, claim.epoch)
+                .await?;
+            if let Some(done) = holder {
+                let same = done.ranges.iter().find(|r| {
+                    r.topic == range.topic
+                        && r.partition == range.partition
+                        && r.first == range.first
+                });
+                match same {
+                    Some(r) => {
+                        warn!(topic = %range.topic, partition = range.partition, first = range.first,
+                              by = %claim.instance, "these messages were already written by another instance: dropped from this epoch");
+                        batches.without(
+                            &range.topic,
+                            range.partition,
+                            &self.common.topics.signals,
+                        )?;
+                        self.load_next_offsets().await?;
+                        let key = (range.topic.clone(), range.partition);
+                        let next = self
+                            .progress
+                            .next_offsets
+                            .get(&key)
+                            .copied()
+                            .unwrap_or(r.last + 1);
+                        if self.owned.contains(&key)
+                            && self
+                                .consumer
+                                .seek(
+                                    &range.topic,
+                                    range.partition,
+                                    Offset::Offset(next),
+                                    Duration::from_secs(5),
+                                )
+                                .is_ok()
+                        {
+                            self.resync.insert(key, next);
+                        }
+                    }
+                    // A claim its epoch did not use (written before a crash).
+                    None => self.checkpoints.release(&range, &claim).await?,
+                }
+                continue;
+            }
+            let gone = claim.instance == self.instance
+                || !self.coordinator.is_alive(&records, &claim.instance);
+            if !gone {
+                return Err(DaemonError::Contended {
+                    topic: range.topic,
+                    partition: range.partition,
+                    first: range.first,
+                    instance: claim.instance,
+                    epoch: claim.epoch,
+                });
+            }
+            match self.checkpoints.begun(&claim.instance, claim.epoch).await? {
+                Some(r) => {
+                    warn!(instance = %claim.instance, epoch = claim.epoch, files = r.files.len(),
+                          "abandoning the unfinished epoch of an instance that is gone");
+                    self.checkpoints.abort(&claim.instance, &r).await?;
+                }
+                None => self.checkpoints.release(&range, &claim).await?,
+            }
+        }
+        Ok(false)
+    }
+
+    /// What this instance committed, as the other instances need it.
+    fn instance_record(&self, stopped: bool) -> InstanceRecord {
+        let now = Instant::now();
+        InstanceRecord {
+            instance: self.instance.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            heartbeat_ms: now_ms(),
+            stopped,
+            partitions: self
+                .tracker
+                .partitions(now)
+                .into_iter()
+                .map(
+                    |((topic, partition), max_event_time, idle)| PartitionReport {
+                        topic,
+                        partition,
+                        max_event_time,
+                        idle,
+                    },
+                )
+                .collect(),
+            window_events: self.window_events.iter().map(|(w, n)| (*w, *n)).collect(),
+            first_open: self.progress.first_open,
+        }
+    }
+
+    async fn publish(&self, stopped: bool) -> Result<(), DaemonError> {
+        Ok(self
+            .coordinator
+            .publish(&self.instance_record(stopped))
+            .await?)
+    }
+
+    /// Publishes this instance's record, then, holding the finalizer lease,
+    /// finalizes what every partition's watermark has passed (at the end of
+    /// input: everything, once the store holds every partition to its end).
+    /// Returns whether every window is final at the end of input.
+    async fn coordinate(&mut self, end_of_input: bool) -> Result<bool, DaemonError> {
+        self.publish(false).await?;
+        if let Some(p) = self.coordinator.progress().await? {
+            self.progress.finalized(p.finalized_through);
+        }
+        let records = self.coordinator.records().await?;
+        let term = self.coordinator.lease(&records).await?;
+        if term.is_some() && term != self.term {
+            info!(term, "holding the finalizer lease");
+        }
+        self.term = term;
+        let Some(term) = term else {
+            return Ok(false);
+        };
+        let partitions = self.all_partitions()?;
+        let bound = if end_of_input {
+            self.load_next_offsets().await?;
+            if !self.store_holds_everything(&partitions) {
+                return Ok(false);
+            }
+            records
+                .iter()
+                .flat_map(|r| r.partitions.iter().filter_map(|p| p.max_event_time))
+                .chain(self.progress.max_event_time)
+                .max()
+                .map(|t| window_start(t) + WINDOW_MICROS)
+        } else {
+            global_watermark(
+                &records,
+                &partitions,
+                self.run.allowed_lateness.as_micros() as i64,
+            )
+            .map(final_bound)
+        };
+        let from = self.progress.finalized_through.or_else(|| {
+            records
+                .iter()
+                .filter_map(|r| r.first_open)
+                .chain(self.progress.first_open)
+                .min()
+        });
+        let (Some(from), Some(to)) = (from, bound) else {
+            return Ok(end_of_input && from.is_none());
+        };
+        if from < to {
+            let mut events: BTreeMap<i64, u64> = BTreeMap::new();
+            for (w, n) in records.iter().flat_map(|r| r.window_events.iter()) {
+                *events.entry(*w).or_default() += n;
+            }
+            self.finalize(term, from, to, &events).await?;
+        }
+        Ok(true)
+    }
+
+    /// Finalizes `[from, to)` in chunks sized to the memory budget, advancing
+    /// the finalizer's progress after each; stops if the lease was lost.
+    async fn finalize(
+        &mut self,
+        term: u64,
+        from: i64,
+        to: i64,
+        events: &BTreeMap<i64, u64>,
+    ) -> Result<(), DaemonError> {
+        let budget = (self.run.memory_limit / 2 / FINALIZE_BYTES_PER_EVENT) as u64;
+        let mut start = from;
+        while start < to {
+            if !self.coordinator.holds(term).await? {
+                warn!(term, "the finalizer lease moved to another instance");
+                self.term = None;
+                return Ok(());
+            }
+            let end = finalize_chunk_end(start, to, events, budget);
+            let s = self.finalizer.finalize(&self.metrics, start, end).await?;
+            self.summary.final_signals += s.signals as u64;
+            self.summary.final_executions += s.executions as u64;
+            self.summary.metric_rows += s.metric_rows.values().sum::<usize>() as u64;
+            self.summary.metric_errors += s.metric_errors.len() as u64;
+            self.coordinator
+                .set_progress(FinalizerProgress {
+                    finalized_through: end,
+                    term,
+                })
+                .await?;
+            self.progress.finalized(end);
+            self.window_events = self.window_events.split_off(&end);
+            start = end;
+        }
+        info!(finalized_through = %crate::metrics::engine::format_bound(to), "windows final");
+        Ok(())
+    }
+
+    /// Merges every instance's newest commit into the skip map.
+    async fn load_next_offsets(&mut self) -> Result<(), DaemonError> {
+        for instance in self.checkpoints.instances().await? {
+            if let Some(r) = self.checkpoints.latest_commit_of(&instance).await? {
+                self.progress.merge_offsets(&r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every partition of both topics.
+    fn all_partitions(&self) -> Result<Vec<(String, i32)>, DaemonError> {
+        let mut out = vec![];
+        for topic in self.common.topics.both() {
+            let md = self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for t in md.topics() {
+                out.extend(t.partitions().iter().map(|p| (t.name().to_owned(), p.id())));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the store holds every partition up to its end, whoever read it.
+    fn store_holds_everything(&self, partitions: &[(String, i32)]) -> bool {
+        partitions.iter().all(|(topic, partition)| {
+            match self
+                .consumer
+                .fetch_watermarks(topic, *partition, Duration::from_secs(5))
+            {
+                Ok((low, high)) => {
+                    let next = self
+                        .progress
+                        .next_offsets
+                        .get(&(topic.clone(), *partition))
+                        .copied()
+                        .unwrap_or(low);
+                    next >= high
+                }
+                Err(_) => false,
+            }
+        })
     }
 
     /// Whether every assigned partition has been read up to its end.
@@ -554,33 +802,33 @@ impl Daemon {
             return false;
         };
         let parts = positions.elements();
-        !parts.is_empty()
-            && parts.iter().all(|e| {
-                match self
-                    .consumer
-                    .fetch_watermarks(e.topic(), e.partition(), timeout)
-                {
-                    Ok((low, high)) => {
-                        // Nothing read since the assignment: the store's
-                        // committed offset says how far it was read before.
-                        let next = match e.offset() {
-                            Offset::Offset(next) => next,
-                            _ => self
-                                .progress
-                                .next_offsets
-                                .get(&(e.topic().to_owned(), e.partition()))
-                                .copied()
-                                .unwrap_or(low),
-                        };
-                        next >= high
-                    }
-                    Err(_) => false,
+        parts.iter().all(|e| {
+            match self
+                .consumer
+                .fetch_watermarks(e.topic(), e.partition(), timeout)
+            {
+                Ok((low, high)) => {
+                    // Nothing read since the assignment: the store says how
+                    // far it was read before.
+                    let next = match e.offset() {
+                        Offset::Offset(next) => next,
+                        _ => self
+                            .progress
+                            .next_offsets
+                            .get(&(e.topic().to_owned(), e.partition()))
+                            .copied()
+                            .unwrap_or(low),
+                    };
+                    next >= high
                 }
-            })
+                Err(_) => false,
+            }
+        })
     }
 
     /// Tells the watermark which partitions this instance reads now, so a
-    /// partition whose backlog has not arrived yet holds it back.
+    /// partition whose backlog has not arrived yet holds it back; forgets
+    /// the resync of partitions that came back.
     fn refresh_assignment(&mut self) {
         let Ok(tpl) = self.consumer.assignment() else {
             return;
@@ -596,32 +844,32 @@ impl Daemon {
             return;
         }
         for (topic, partition) in &owned {
+            if !self.owned.contains(&(topic.clone(), *partition)) {
+                self.resync.remove(&(topic.clone(), *partition));
+            }
             self.tracker.assign(topic, *partition, now);
         }
         self.tracker
             .retain(|t, p| owned.contains(&(t.to_owned(), p)));
+        self.owned.retain(|k| owned.contains(k));
     }
 
-    async fn write_raw(&self, b: &EpochBatches, epoch: u64) -> Result<Vec<String>, DaemonError> {
-        let stem = format!("epoch-{epoch:010}");
-        let mut files = write_partitioned(
-            &self.store,
+    /// The epoch's raw files: one per table and hour, named after the
+    /// instance and the epoch.
+    fn plan_raw(&self, b: &EpochBatches, epoch: u64) -> Result<Vec<PlannedFile>, DaemonError> {
+        let stem = format!("{}-epoch-{epoch:010}", self.instance);
+        let mut plan = plan_partitioned(
             "raw/influencer_signals",
             std::slice::from_ref(&b.signals),
             "emitted_at",
             FileNaming::Epoch(&stem),
-        )
-        .await?;
-        files.extend(
-            write_partitioned(
-                &self.store,
-                "raw/execution_results",
-                std::slice::from_ref(&b.executions),
-                "executed_at",
-                FileNaming::Epoch(&stem),
-            )
-            .await?,
-        );
+        )?;
+        plan.extend(plan_partitioned(
+            "raw/execution_results",
+            std::slice::from_ref(&b.executions),
+            "executed_at",
+            FileNaming::Epoch(&stem),
+        )?);
         // Folders are named after the contract topic whatever the configured
         // topic names; the `topic` column keeps the real one.
         let topics = &self.common.topics;
@@ -630,18 +878,14 @@ impl Daemon {
             (&topics.executions, EXECUTIONS_TOPIC),
         ] {
             let dead = rows_of_topic(&b.dead_letters, topic)?;
-            files.extend(
-                write_partitioned(
-                    &self.store,
-                    &tables::dead_letter_folder(folder),
-                    &[dead],
-                    "kafka_timestamp",
-                    FileNaming::Epoch(&stem),
-                )
-                .await?,
-            );
+            plan.extend(plan_partitioned(
+                &tables::dead_letter_folder(folder),
+                &[dead],
+                "kafka_timestamp",
+                FileNaming::Epoch(&stem),
+            )?);
         }
-        Ok(files)
+        Ok(plan)
     }
 }
 

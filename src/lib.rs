@@ -11,6 +11,7 @@
 pub mod buffer;
 pub mod checkpoint;
 pub mod config;
+pub mod coordination;
 pub mod daemon;
 pub mod decode;
 pub mod metrics;

@@ -109,6 +109,17 @@ impl WatermarkTracker {
         low.map(|t| t.saturating_sub(self.allowed_lateness_us))
     }
 
+    /// Each partition's newest event time and whether it is idle at `now`.
+    pub fn partitions(&self, now: Instant) -> Vec<((String, i32), Option<i64>, bool)> {
+        self.partitions
+            .iter()
+            .map(|(k, p)| {
+                let idle = now.duration_since(p.last_seen) >= self.idle_timeout;
+                (k.clone(), p.max_event_time, idle)
+            })
+            .collect()
+    }
+
     /// Maximum event time seen on any partition.
     pub fn max_event_time(&self) -> Option<i64> {
         self.partitions

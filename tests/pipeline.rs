@@ -204,6 +204,7 @@ async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
         max_rows: 7,
         allowed_lateness: Duration::from_secs(300),
         idle_timeout: Duration::from_secs(30),
+        instance_timeout: Duration::from_secs(30),
         lookback: Duration::from_secs(86_400),
         memory_limit: 256 << 20,
         stop_when_idle: Some(Duration::from_secs(4)),

@@ -313,6 +313,66 @@ pub enum FileNaming<'a> {
     PerWindow,
 }
 
+/// Rows bound for one file, and the file's path relative to the root.
+pub type PlannedFile = (String, Vec<RecordBatch>);
+
+/// Cuts `batches` into files under `<folder>/dt=…/hour=…/` as `naming` says:
+/// the paths are known before anything is written. Empty input plans nothing.
+pub fn plan_partitioned(
+    folder: &str,
+    batches: &[RecordBatch],
+    time_column: &str,
+    naming: FileNaming<'_>,
+) -> Result<Vec<PlannedFile>, EngineError> {
+    let width = match naming {
+        FileNaming::Epoch(_) => 3_600_000_000,
+        FileNaming::PerWindow => crate::window::WINDOW_MICROS,
+    };
+    let mut groups: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        let parts = split_by_bucket(b, time_column, width).map_err(|e| EngineError::Encode {
+            table: folder.to_string(),
+            range: format!("{naming:?}"),
+            reason: e.to_string(),
+        })?;
+        for (start, part) in parts {
+            groups.entry(start).or_default().push(part);
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(start, parts)| {
+            let name = match naming {
+                FileNaming::Epoch(stem) => stem.to_string(),
+                FileNaming::PerWindow => format!("w-{}", format_bound(start)),
+            };
+            let rel = format!(
+                "{folder}/{}/{name}.parquet",
+                HourPartition::of(start).path()
+            );
+            (rel, parts)
+        })
+        .collect())
+}
+
+/// Encodes and writes planned files; returns their paths.
+pub async fn write_planned(
+    store: &OutputStore,
+    plan: &[PlannedFile],
+) -> Result<Vec<String>, EngineError> {
+    let mut files = Vec::with_capacity(plan.len());
+    for (rel, parts) in plan {
+        let bytes = encode(parts).map_err(|e| EngineError::Encode {
+            table: rel.clone(),
+            range: String::new(),
+            reason: e.to_string(),
+        })?;
+        store.put(rel, bytes).await?;
+        files.push(rel.clone());
+    }
+    Ok(files)
+}
+
 /// Writes `batches` under `<folder>/dt=…/hour=…/` as `naming` says, one
 /// Parquet file per group of rows. Empty input writes nothing.
 pub async fn write_partitioned(
@@ -322,38 +382,11 @@ pub async fn write_partitioned(
     time_column: &str,
     naming: FileNaming<'_>,
 ) -> Result<Vec<String>, EngineError> {
-    let enc = |reason: String| EngineError::Encode {
-        table: folder.to_string(),
-        range: format!("{naming:?}"),
-        reason,
-    };
-    let width = match naming {
-        FileNaming::Epoch(_) => 3_600_000_000,
-        FileNaming::PerWindow => crate::window::WINDOW_MICROS,
-    };
-    let mut groups: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
-    for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        for (start, part) in
-            split_by_bucket(b, time_column, width).map_err(|e| enc(e.to_string()))?
-        {
-            groups.entry(start).or_default().push(part);
-        }
-    }
-    let mut files = Vec::with_capacity(groups.len());
-    for (start, parts) in groups {
-        let bytes = encode(&parts).map_err(|e| enc(e.to_string()))?;
-        let name = match naming {
-            FileNaming::Epoch(stem) => stem.to_string(),
-            FileNaming::PerWindow => format!("w-{}", format_bound(start)),
-        };
-        let rel = format!(
-            "{folder}/{}/{name}.parquet",
-            HourPartition::of(start).path()
-        );
-        store.put(&rel, bytes).await?;
-        files.push(rel);
-    }
-    Ok(files)
+    write_planned(
+        store,
+        &plan_partitioned(folder, batches, time_column, naming)?,
+    )
+    .await
 }
 
 #[cfg(test)]

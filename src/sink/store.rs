@@ -146,6 +146,32 @@ impl OutputStore {
             .map_err(self.io("writing", &path))
     }
 
+    /// Writes an object only if none exists under that name (a conditional
+    /// put on S3, an exclusive create on a local disk): `false` when another
+    /// writer got there first. The arbiter between instances.
+    pub async fn create(&self, rel: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        let path = self.path(rel);
+        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.io("creating", &path)(e)),
+        }
+    }
+
+    /// Deletes an object; one that does not exist is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<(), StoreError> {
+        let path = self.path(rel);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io("deleting", &path)(e)),
+        }
+    }
+
     /// Reads an object, `None` if it does not exist.
     pub async fn get(&self, rel: &str) -> Result<Option<Bytes>, StoreError> {
         let path = self.path(rel);
@@ -246,6 +272,30 @@ mod tests {
             );
         }
         assert!(local.join("a/c/d.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn create_is_exclusive_and_delete_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("out");
+        for loc in ["memory://root/x", local.to_str().unwrap()] {
+            let s = OutputStore::open(loc, &S3Options::default()).unwrap();
+            assert!(s
+                .create("l/1.json", Bytes::from_static(b"a"))
+                .await
+                .unwrap());
+            assert!(!s
+                .create("l/1.json", Bytes::from_static(b"b"))
+                .await
+                .unwrap());
+            assert_eq!(s.get("l/1.json").await.unwrap().unwrap(), "a");
+            s.delete("l/1.json").await.unwrap();
+            s.delete("l/1.json").await.unwrap();
+            assert!(s
+                .create("l/1.json", Bytes::from_static(b"c"))
+                .await
+                .unwrap());
+        }
     }
 
     #[test]
