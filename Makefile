@@ -13,7 +13,7 @@ DEMO_RATE ?= 20000
 DEMO_SECONDS ?= 60
 DEMO_OUTPUT ?= ./data
 
-.PHONY: all build lint test chaos faults backlog demo services-up services-down services-status clean
+.PHONY: all build lint test chaos faults backlog instances demo services-up services-down services-status clean
 
 all: build
 
@@ -38,6 +38,7 @@ test: services-up lint build
 	$(ENV) && CHAOS_MESSAGES=300000 CHAOS_KILLS=5 scripts/chaos.sh
 	$(ENV) && scripts/faults.sh
 	$(ENV) && scripts/backlog.sh
+	$(ENV) && scripts/instances.sh
 	$(ENV) && cargo test --release
 
 # S3 outage (60 s), broker restart, unusable output path.
@@ -48,6 +49,11 @@ faults: services-up build
 # (BACKLOG_MESSAGES, BACKLOG_LIMIT).
 backlog: services-up build
 	$(ENV) && scripts/backlog.sh
+
+# Two instances in one group, one SIGKILLed mid-run, output compared with one
+# instance's (INSTANCES_MESSAGES).
+instances: services-up build
+	$(ENV) && scripts/instances.sh
 
 # The full crash test: 1M messages, 20 SIGKILLs, output compared with a clean run.
 chaos: services-up build
