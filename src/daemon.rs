@@ -48,6 +48,8 @@ pub enum DaemonError {
         instance: String,
         epoch: u64,
     },
+    #[error("epoch {0}: its offset claims kept conflicting; trying again")]
+    Unsettled(u64),
     #[error("--instance-id {0:?}: use letters, digits, '-', '_' and '.' only")]
     InstanceId(String),
     #[error(transparent)]
@@ -464,10 +466,15 @@ impl Daemon {
     /// the hours, so writing the same epoch again replaces its files.
     async fn try_epoch(&mut self, batches: &mut EpochBatches) -> Result<(), DaemonError> {
         let t0 = Instant::now();
+        let mut settled = false;
         for _ in 0..16 {
             if self.claim(batches).await? {
+                settled = true;
                 break;
             }
+        }
+        if !settled {
+            return Err(DaemonError::Unsettled(self.progress.next_epoch));
         }
         if batches.offsets.is_empty() {
             return Ok(()); // every range was somebody else's
@@ -958,6 +965,48 @@ mod tests {
         // A window over the budget alone is still finalized, on its own.
         assert_eq!(end(h + 3 * m), h + 4 * m);
         assert_eq!(end(h + 4 * m), h + 14 * m, "empty windows cost nothing");
+    }
+
+    #[test]
+    fn instance_ids_are_safe_in_paths() {
+        for ok in ["main", "a", "eu-west-1.node_2"] {
+            assert!(valid_instance_id(ok), "{ok}");
+        }
+        for bad in ["", "a/b", "..", ".hidden", "a b", "é", &"x".repeat(65)] {
+            assert!(!valid_instance_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn progress_takes_the_furthest_offsets_and_the_finalizer_bound() {
+        let offsets = |next| EpochRecord {
+            epoch: 1,
+            ranges: vec![],
+            finalized_through: None,
+            first_open: None,
+            max_event_time: None,
+            next_offsets: vec![PartitionOffset {
+                topic: "t".into(),
+                partition: 0,
+                next,
+            }],
+            files: vec![],
+        };
+        let mut p = Progress::from_commit(&offsets(10));
+        p.merge_offsets(&offsets(7));
+        assert!(p.already_committed("t", 0, 9));
+        assert!(!p.already_committed("t", 0, 10));
+        p.merge_offsets(&offsets(20));
+        assert!(p.already_committed("t", 0, 19));
+        let m = WINDOW_MICROS;
+        p.observe(3 * m);
+        p.finalized(5 * m);
+        assert_eq!(
+            (p.finalized_through, p.first_open),
+            (Some(5 * m), Some(5 * m))
+        );
+        p.finalized(4 * m);
+        assert_eq!(p.finalized_through, Some(5 * m), "never moves back");
     }
 
     #[test]
