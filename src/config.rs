@@ -55,7 +55,9 @@ pub enum Command {
         format: Format,
         /// The SELECT statement; tables: raw_influencer_signals,
         /// raw_execution_results, signals, executions_enriched, one per
-        /// metric (e.g. influencer_metrics_1m), dead_letter_<topic>.
+        /// metric (e.g. influencer_metrics_1m), dead_letter_<topic>,
+        /// late_<topic> (events after their window was final), _completeness
+        /// (hours whose windows are all final).
         sql: String,
     },
     /// Work with the metric SQL files.

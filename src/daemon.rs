@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{BooleanArray, RecordBatch, StringArray};
+use arrow::array::{BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message as _, Offset};
@@ -29,6 +29,7 @@ use crate::sink::store::{OutputStore, StoreError};
 use crate::source::kafka;
 use crate::tables;
 use crate::window::{final_bound, window_start, WatermarkTracker, WINDOW_MICROS};
+use crate::{completeness, late};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -68,7 +69,8 @@ pub struct RunSummary {
     pub signals: u64,
     pub executions: u64,
     pub dead_letters: u64,
-    /// Valid events whose window was already final when they arrived.
+    /// Valid events whose window was already final when their epoch
+    /// committed (listed in `_late/`).
     pub late_events: u64,
     pub unknown_fields: u64,
     /// Distinct signals / executions written by finalization.
@@ -393,9 +395,8 @@ impl Daemon {
                 }
                 self.summary.unknown_fields += u64::from(unknown_fields);
                 self.tracker.observe(m.topic, m.partition, event_time, now);
-                if self.progress.observe(event_time) {
-                    self.summary.late_events += 1;
-                } else {
+                // Late events are counted when their epoch commits (`_late/`).
+                if !self.progress.observe(event_time) {
                     *self
                         .window_events
                         .entry(window_start(event_time))
@@ -520,6 +521,7 @@ impl Daemon {
         }
         self.progress.next_epoch = epoch + 1;
         self.summary.epochs += 1;
+        self.count_late(&plan);
         // Throughput counts the time spent on messages, not idle waits.
         if let Some(first) = self.first_message {
             self.summary.busy_seconds = first.elapsed().as_secs_f64();
@@ -681,24 +683,24 @@ impl Daemon {
             return Ok(false);
         };
         let partitions = self.all_partitions()?;
-        let bound = if end_of_input {
+        let (watermark, bound) = if end_of_input {
             self.load_next_offsets().await?;
             if !self.store_holds_everything(&partitions) {
                 return Ok(false);
             }
-            records
+            let newest = records
                 .iter()
                 .flat_map(|r| r.partitions.iter().filter_map(|p| p.max_event_time))
                 .chain(self.progress.max_event_time)
-                .max()
-                .map(|t| window_start(t) + WINDOW_MICROS)
+                .max();
+            (None, newest.map(|t| window_start(t) + WINDOW_MICROS))
         } else {
-            global_watermark(
+            let w = global_watermark(
                 &records,
                 &partitions,
                 self.run.allowed_lateness.as_micros() as i64,
-            )
-            .map(final_bound)
+            );
+            (w, w.map(final_bound))
         };
         let from = self.progress.finalized_through.or_else(|| {
             records
@@ -715,18 +717,20 @@ impl Daemon {
             for (w, n) in records.iter().flat_map(|r| r.window_events.iter()) {
                 *events.entry(*w).or_default() += n;
             }
-            self.finalize(term, from, to, &events).await?;
+            self.finalize(term, from, to, watermark, &events).await?;
         }
         Ok(true)
     }
 
     /// Finalizes `[from, to)` in chunks sized to the memory budget, advancing
     /// the finalizer's progress after each; stops if the lease was lost.
+    /// `watermark` made the windows final (`None`: the end of input did).
     async fn finalize(
         &mut self,
         term: u64,
         from: i64,
         to: i64,
+        watermark: Option<i64>,
         events: &BTreeMap<i64, u64>,
     ) -> Result<(), DaemonError> {
         let budget = (self.run.memory_limit / 2 / FINALIZE_BYTES_PER_EVENT) as u64;
@@ -743,6 +747,18 @@ impl Daemon {
             self.summary.final_executions += s.executions as u64;
             self.summary.metric_rows += s.metric_rows.values().sum::<usize>() as u64;
             self.summary.metric_errors += s.metric_errors.len() as u64;
+            if end % HOUR_MICROS == 0 {
+                // Chunks never cross an hour: this one completed it.
+                let tables = self.final_tables();
+                let marker = completeness::marker(
+                    &tables,
+                    end - HOUR_MICROS,
+                    watermark,
+                    &self.instance,
+                    term,
+                )?;
+                write_planned(&self.store, &[marker]).await?;
+            }
             self.coordinator
                 .set_progress(FinalizerProgress {
                     finalized_through: end,
@@ -755,6 +771,15 @@ impl Daemon {
         }
         info!(finalized_through = %crate::metrics::engine::format_bound(to), "windows final");
         Ok(())
+    }
+
+    /// The tables finalization writes: the final rows and every metric.
+    fn final_tables(&self) -> Vec<String> {
+        [tables::SIGNALS, tables::EXECUTIONS_ENRICHED]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(self.metrics.iter().map(|m| m.name.clone()))
+            .collect()
     }
 
     /// Merges every instance's newest commit into the skip map.
@@ -861,8 +886,31 @@ impl Daemon {
         self.owned.retain(|k| owned.contains(k));
     }
 
+    /// Counts the late events of a committed epoch, by topic and lateness.
+    fn count_late(&mut self, plan: &[PlannedFile]) {
+        let mut buckets: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for (rel, batches) in plan.iter().filter(|(rel, _)| rel.starts_with("_late/")) {
+            let topic = rel.split('/').nth(1).unwrap_or_default();
+            for b in batches {
+                let secs = b
+                    .column_by_name("seconds_late")
+                    .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned());
+                for s in secs.iter().flat_map(|a| a.iter().flatten()) {
+                    *buckets
+                        .entry((topic, late::lateness_bucket(s)))
+                        .or_default() += 1;
+                }
+            }
+        }
+        for ((topic, bucket), n) in buckets {
+            self.summary.late_events += n;
+            warn!(topic, lateness = bucket, events = n,
+                  "late events: kept in raw/ and listed in _late/, left out of final windows until reprocessed");
+        }
+    }
+
     /// The epoch's raw files: one per table and hour, named after the
-    /// instance and the epoch.
+    /// instance and the epoch; and its late events.
     fn plan_raw(&self, b: &EpochBatches, epoch: u64) -> Result<Vec<PlannedFile>, DaemonError> {
         let stem = format!("{}-epoch-{epoch:010}", self.instance);
         let mut plan = plan_partitioned(
@@ -892,6 +940,34 @@ impl Daemon {
                 FileNaming::Epoch(&stem),
             )?);
         }
+        // Before the bound the finalizer has reached, a window is final: its
+        // events here are late (finalization only ever moves forward).
+        if let Some(bound) = self.progress.finalized_through {
+            for (rows, topic, folder, id, time) in [
+                (
+                    &b.signals,
+                    &topics.signals,
+                    SIGNALS_TOPIC,
+                    "signal_id",
+                    "emitted_at",
+                ),
+                (
+                    &b.executions,
+                    &topics.executions,
+                    EXECUTIONS_TOPIC,
+                    "execution_id",
+                    "executed_at",
+                ),
+            ] {
+                let late = late::late_rows(rows, topic, id, time, bound)?;
+                plan.extend(plan_partitioned(
+                    &tables::late_folder(folder),
+                    &[late],
+                    "event_time",
+                    FileNaming::Epoch(&stem),
+                )?);
+            }
+        }
         Ok(plan)
     }
 }
@@ -901,10 +977,11 @@ impl Daemon {
 /// window start) fit in `budget`; at most ten minutes and never across an
 /// hour, so a catch-up over hours of backlog holds few events in memory and
 /// each file stays inside one Hive partition.
+const HOUR_MICROS: i64 = 60 * WINDOW_MICROS;
+
 fn finalize_chunk_end(start: i64, to: i64, events: &BTreeMap<i64, u64>, budget: u64) -> i64 {
     const CHUNK: i64 = 10 * WINDOW_MICROS;
-    const HOUR: i64 = 60 * WINDOW_MICROS;
-    let next_hour = (start.div_euclid(HOUR) + 1) * HOUR;
+    let next_hour = (start.div_euclid(HOUR_MICROS) + 1) * HOUR_MICROS;
     let limit = to.min(next_hour).min(window_start(start) + CHUNK);
     let mut end = window_start(start) + WINDOW_MICROS;
     let mut total = events.get(&window_start(start)).copied().unwrap_or(0);

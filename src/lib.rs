@@ -10,10 +10,12 @@
 
 pub mod buffer;
 pub mod checkpoint;
+pub mod completeness;
 pub mod config;
 pub mod coordination;
 pub mod daemon;
 pub mod decode;
+pub mod late;
 pub mod metrics;
 pub mod produce;
 pub mod query;

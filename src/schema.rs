@@ -132,6 +132,35 @@ pub fn executions_enriched_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// `_late/<topic>`: one row per valid event whose window was already final
+/// when it was committed (its row is in `raw/` too).
+pub fn late_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        utf8("topic", false),
+        utf8("id", false),
+        ts("event_time", false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        ts("ingested_at", false),
+        ts("final_through", false),
+        f64f("seconds_late", false),
+    ]))
+}
+
+/// `_completeness`: one row per final table and hour once every window of
+/// the hour is final.
+pub fn completeness_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        utf8("table_name", false),
+        ts("hour_start", false),
+        ts("final_at", false),
+        ts("watermark", true),
+        utf8("reason", false),
+        utf8("instance", false),
+        Field::new("lease_term", DataType::UInt64, false),
+    ]))
+}
+
 /// `_dead_letter/<topic>`: one row per message that failed decoding or validation.
 pub fn dead_letter_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

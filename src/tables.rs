@@ -54,6 +54,14 @@ pub fn dead_letter_folder(topic: &str) -> String {
     format!("_dead_letter/{topic}")
 }
 
+/// Folder of the completeness markers.
+pub const COMPLETENESS_FOLDER: &str = "_completeness";
+
+/// Folder of the late events of `topic`.
+pub fn late_folder(topic: &str) -> String {
+    format!("_late/{topic}")
+}
+
 /// The tables whose schema the service fixes.
 pub fn fixed_tables() -> Vec<Table> {
     vec![
@@ -82,6 +90,21 @@ pub fn fixed_tables() -> Vec<Table> {
             "dead_letter_execution_results",
             &dead_letter_folder(EXECUTIONS_TOPIC),
             schema::dead_letter_schema(),
+        ),
+        Table::fixed(
+            "_completeness",
+            COMPLETENESS_FOLDER,
+            schema::completeness_schema(),
+        ),
+        Table::fixed(
+            "late_influencer_signals",
+            &late_folder(SIGNALS_TOPIC),
+            schema::late_schema(),
+        ),
+        Table::fixed(
+            "late_execution_results",
+            &late_folder(EXECUTIONS_TOPIC),
+            schema::late_schema(),
         ),
     ]
 }

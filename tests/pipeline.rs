@@ -178,25 +178,20 @@ async fn select(store: &OutputStore, sql: &str) -> Vec<String> {
     )
 }
 
-async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
-    let topics = Topics {
-        signals: unique("signals"),
-        executions: unique("executions"),
-    };
-    let mut msgs = fixture_messages();
-    msgs.extend(malformed().into_iter().map(|(executions, value, _)| Msg {
-        executions,
-        key: "bad".into(),
-        value,
-    }));
-    produce(&topics, &msgs).await;
+/// Runs the daemon on `topics` until they are read and quiet.
+async fn run_daemon(
+    topics: &Topics,
+    group: &str,
+    output: &str,
+    s3: &S3Options,
+) -> analytics_processor::RunSummary {
     let common = Common {
         brokers: brokers(),
-        group: unique("group"),
+        group: group.into(),
         instance_id: None,
         output: output.to_string(),
         sql_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(),
-        topics,
+        topics: topics.clone(),
         s3: s3.clone(),
     };
     let run = Run {
@@ -209,13 +204,28 @@ async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
         memory_limit: 256 << 20,
         stop_when_idle: Some(Duration::from_secs(4)),
     };
-    let summary = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(120),
         analytics_processor::run_daemon(common, run, CancellationToken::new()),
     )
     .await
     .expect("daemon drains within 2 minutes")
-    .unwrap();
+    .unwrap()
+}
+
+async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
+    let topics = Topics {
+        signals: unique("signals"),
+        executions: unique("executions"),
+    };
+    let mut msgs = fixture_messages();
+    msgs.extend(malformed().into_iter().map(|(executions, value, _)| Msg {
+        executions,
+        key: "bad".into(),
+        value,
+    }));
+    produce(&topics, &msgs).await;
+    let summary = run_daemon(&topics, &unique("group"), output, &s3).await;
     assert_eq!(summary.messages, 16 + malformed().len() as u64);
     assert_eq!(summary.signals, 5);
     assert_eq!(summary.executions, 11);
@@ -426,4 +436,125 @@ async fn s3_server_gets_exact_metrics_and_dead_letters() {
     let store = run_pipeline(&format!("s3://{bucket}/{}", unique("it")), s3).await;
     assert_outputs(&store).await;
     assert_dead_letters(&store).await;
+}
+
+/// An event for a window that is already final lands in `raw/`, is listed in
+/// `_late/` with how late it was, is counted, and leaves the final tables and
+/// metrics as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get_marked_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out");
+    let output = output.to_str().unwrap();
+    let s3 = S3Options::default();
+    let topics = Topics {
+        signals: unique("signals"),
+        executions: unique("executions"),
+    };
+    let group = unique("group");
+    produce(&topics, &fixture_messages()).await;
+    let first = run_daemon(&topics, &group, output, &s3).await;
+    assert_eq!(first.late_events, 0);
+    let store = OutputStore::open(output, &s3).unwrap();
+    let metrics_before = select(
+        &store,
+        "SELECT * FROM system_metrics_1m ORDER BY window_start",
+    )
+    .await;
+
+    // Window 10:00 is final (everything up to 10:02 is, at the end of input).
+    let late_id = "0b6f1c2e-2222-4a4a-8b8b-0000000000ff";
+    let late = bad_execution(|v| {
+        v["execution_id"] = late_id.into();
+        v["executed_at"] = "2026-01-01T10:00:30Z".into();
+    });
+    produce(
+        &topics,
+        &[Msg {
+            executions: true,
+            key: "late".into(),
+            value: Some(late),
+        }],
+    )
+    .await;
+    let second = run_daemon(&topics, &group, output, &s3).await;
+    assert_eq!(
+        second.messages, 1,
+        "the first run's messages are not read again: {second:?}"
+    );
+    assert_eq!(second.late_events, 1);
+
+    assert_eq!(
+        select(&store, "SELECT count(*) FROM raw_execution_results").await,
+        ["12"]
+    );
+    assert_eq!(
+        select(
+            &store,
+            "SELECT topic, right(id, 2), event_time, final_through, seconds_late, dt, hour
+             FROM late_execution_results"
+        )
+        .await,
+        [format!(
+            "{}|ff|2026-01-01T10:00:30Z|2026-01-01T10:02:00Z|90.000000|2026-01-01|10",
+            topics.executions
+        )]
+    );
+    assert_eq!(
+        select(&store, "SELECT count(*) FROM late_influencer_signals").await,
+        ["0"]
+    );
+    assert_eq!(
+        select(
+            &store,
+            &format!("SELECT count(*) FROM executions_enriched WHERE execution_id = '{late_id}'")
+        )
+        .await,
+        ["0"]
+    );
+    assert_eq!(
+        select(
+            &store,
+            "SELECT * FROM system_metrics_1m ORDER BY window_start"
+        )
+        .await,
+        metrics_before
+    );
+
+    // Hour 10 is not complete until the watermark (here the end of input)
+    // passes 11:00: then every final table gets its marker.
+    assert_eq!(
+        select(&store, "SELECT count(*) FROM _completeness").await,
+        ["0"]
+    );
+    let next_hour = bad_execution(|v| {
+        v["execution_id"] = "0b6f1c2e-2222-4a4a-8b8b-0000000000fe".into();
+        v["executed_at"] = "2026-01-01T11:05:00Z".into();
+    });
+    produce(
+        &topics,
+        &[Msg {
+            executions: true,
+            key: "next".into(),
+            value: Some(next_hour),
+        }],
+    )
+    .await;
+    let third = run_daemon(&topics, &group, output, &s3).await;
+    assert_eq!(third.late_events, 0);
+    assert_eq!(
+        select(
+            &store,
+            "SELECT table_name, hour_start, reason, dt, hour FROM _completeness ORDER BY table_name"
+        )
+        .await,
+        [
+            "execution_errors_1m|2026-01-01T10:00:00Z|end_of_input|2026-01-01|10",
+            "executions_enriched|2026-01-01T10:00:00Z|end_of_input|2026-01-01|10",
+            "influencer_metrics_1m|2026-01-01T10:00:00Z|end_of_input|2026-01-01|10",
+            "signals|2026-01-01T10:00:00Z|end_of_input|2026-01-01|10",
+            "subscriber_metrics_1m|2026-01-01T10:00:00Z|end_of_input|2026-01-01|10",
+            "system_metrics_1m|2026-01-01T10:00:00Z|end_of_input|2026-01-01|10",
+        ]
+    );
 }
