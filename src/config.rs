@@ -46,6 +46,15 @@ pub enum Command {
         #[command(flatten)]
         produce: crate::produce::ProduceOpts,
     },
+    /// Recompute the final tables and metrics of a range of final windows from
+    /// the raw Parquet on the store (late events included), replacing what
+    /// was there. Safe while the daemon runs; one reprocess at a time.
+    Reprocess {
+        #[command(flatten)]
+        common: CommonOpts,
+        #[command(flatten)]
+        reprocess: crate::reprocess::ReprocessOpts,
+    },
     /// Run ad-hoc SQL over the output tables and print the result.
     Query {
         #[command(flatten)]

@@ -19,6 +19,7 @@ pub mod late;
 pub mod metrics;
 pub mod produce;
 pub mod query;
+pub mod reprocess;
 pub mod schema;
 pub mod sink;
 pub mod source;

@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use analytics_processor::config::{Cli, Command, CommonOpts, FileConfig, Format, SqlCommand};
-use analytics_processor::{metrics::catalog, produce, query, run_daemon, sink::store::OutputStore};
+use analytics_processor::{
+    metrics::catalog, produce, query, reprocess, run_daemon, sink::store::OutputStore,
+};
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +83,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 s.seconds,
                 n as f64 / s.seconds.max(1e-9)
             );
+        }
+        Command::Reprocess {
+            common,
+            reprocess: opts,
+        } => {
+            let common = common.or(file.common).resolve();
+            let s = reprocess::reprocess(&common, &opts).await?;
+            if !opts.dry_run {
+                eprintln!(
+                    "reprocessed {} windows in {} hour partitions: {} raw events -> {} signals, \
+                     {} executions, {} metric rows; {} files written, {} leftover files deleted; \
+                     {:.1} s ({:.0} events/s)",
+                    s.windows,
+                    s.hours,
+                    s.raw_events,
+                    s.signals,
+                    s.executions,
+                    s.metric_rows,
+                    s.files_written,
+                    s.files_deleted,
+                    s.seconds,
+                    s.raw_events as f64 / s.seconds.max(1e-9)
+                );
+            }
         }
         Command::Query {
             common,

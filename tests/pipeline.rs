@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use analytics_processor::config::{Common, Run};
 use analytics_processor::query;
+use analytics_processor::reprocess::{reprocess, ReprocessOpts};
 use analytics_processor::schema::Topics;
 use analytics_processor::sink::store::{OutputStore, S3Options};
 use analytics_processor::source::kafka;
@@ -178,14 +179,8 @@ async fn select(store: &OutputStore, sql: &str) -> Vec<String> {
     )
 }
 
-/// Runs the daemon on `topics` until they are read and quiet.
-async fn run_daemon(
-    topics: &Topics,
-    group: &str,
-    output: &str,
-    s3: &S3Options,
-) -> analytics_processor::RunSummary {
-    let common = Common {
+fn common(topics: &Topics, group: &str, output: &str, s3: &S3Options) -> Common {
+    Common {
         brokers: brokers(),
         group: group.into(),
         instance_id: None,
@@ -193,7 +188,17 @@ async fn run_daemon(
         sql_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(),
         topics: topics.clone(),
         s3: s3.clone(),
-    };
+    }
+}
+
+/// Runs the daemon on `topics` until they are read and quiet.
+async fn run_daemon(
+    topics: &Topics,
+    group: &str,
+    output: &str,
+    s3: &S3Options,
+) -> analytics_processor::RunSummary {
+    let common = common(topics, group, output, s3);
     let run = Run {
         interval: Duration::from_millis(500),
         max_rows: 7,
@@ -521,6 +526,67 @@ async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get
         metrics_before
     );
 
+    // Reprocess folds the late event in: a dry run writes nothing, a second
+    // reprocess while one runs is refused, the real one replaces the windows.
+    let opts = |dry_run| ReprocessOpts {
+        from: "2026-01-01T10:00:00Z".into(),
+        to: "2026-01-01T10:02:00Z".into(),
+        metrics: vec![],
+        dry_run,
+        memory_limit: "256MiB".into(),
+        lookback_hours: 24.0,
+    };
+    let settings = common(&topics, &group, output, &s3);
+    let dry = reprocess(&settings, &opts(true)).await.unwrap();
+    assert_eq!((dry.windows, dry.hours, dry.raw_events), (2, 1, 17));
+    assert_eq!(dry.files_written, 0);
+    let system = "SELECT * FROM system_metrics_1m ORDER BY window_start";
+    assert_eq!(select(&store, system).await, metrics_before);
+    let lock = dir.path().join("out/_finalizer/reprocess.lock");
+    std::fs::write(
+        &lock,
+        format!(
+            r#"{{"from":"x","to":"y","host":"{}","pid":{},"started_ms":0}}"#,
+            analytics_processor::coordination::host_name(),
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    let busy = reprocess(&settings, &opts(false)).await.unwrap_err();
+    assert!(busy.to_string().contains("another reprocess"), "{busy}");
+    std::fs::remove_file(&lock).unwrap();
+    let not_final = ReprocessOpts {
+        to: "2026-01-01T10:03:00Z".into(),
+        ..opts(false)
+    };
+    let e = reprocess(&settings, &not_final).await.unwrap_err();
+    assert!(e.to_string().contains("not final yet"), "{e}");
+    let done = reprocess(&settings, &opts(false)).await.unwrap();
+    assert_eq!((done.executions, done.signals), (10, 4));
+    assert!(!lock.exists(), "the lock is released");
+    assert_eq!(
+        select(
+            &store,
+            &format!("SELECT count(*) FROM executions_enriched WHERE execution_id = '{late_id}'")
+        )
+        .await,
+        ["1"]
+    );
+    let windows = |rows: Vec<String>| -> Vec<String> {
+        rows.iter()
+            .map(|r| r.split('|').take(3).collect::<Vec<_>>().join("|"))
+            .collect()
+    };
+    assert_eq!(
+        windows(select(&store, system).await),
+        ["2026-01-01T10:00:00Z|3|7", "2026-01-01T10:01:00Z|1|3"],
+        "window 10:00 now counts the late execution"
+    );
+    assert_eq!(
+        windows(metrics_before),
+        ["2026-01-01T10:00:00Z|3|6", "2026-01-01T10:01:00Z|1|3"]
+    );
+
     // Hour 10 is not complete until the watermark (here the end of input)
     // passes 11:00: then every final table gets its marker.
     assert_eq!(
@@ -557,4 +623,24 @@ async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get
             "system_metrics_1m|2026-01-01T10:00:00Z|end_of_input|2026-01-01|10",
         ]
     );
+
+    // A window file the recomputation does not produce (here a stray copy
+    // in an empty window) is a leftover: reprocess deletes it.
+    let hour = dir.path().join("out/signals/dt=2026-01-01/hour=10");
+    let stray = hour.join("w-20260101T1030.parquet");
+    std::fs::copy(hour.join("w-20260101T1000.parquet"), &stray).unwrap();
+    let count = "SELECT count(*) FROM signals";
+    assert_eq!(
+        select(&store, count).await,
+        ["7"],
+        "4 signals + the stray copy's 3"
+    );
+    let whole_hour = ReprocessOpts {
+        to: "2026-01-01T11:00:00Z".into(),
+        ..opts(false)
+    };
+    let done = reprocess(&settings, &whole_hour).await.unwrap();
+    assert_eq!((done.windows, done.files_deleted), (60, 1));
+    assert!(!stray.exists());
+    assert_eq!(select(&store, count).await, ["4"]);
 }

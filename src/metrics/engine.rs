@@ -124,9 +124,9 @@ impl Finalizer {
         memory_limit: usize,
         lookback_us: i64,
     ) -> Result<Self, DataFusionError> {
-        // No listing or file caches: every epoch adds raw files and a replay
-        // rewrites files under the same names, so a cached listing or footer
-        // would hide rows from the windows being finalized.
+        // No listing or file caches: every epoch adds raw files, an abandoned
+        // epoch's are deleted and a retried one rewrites them under the same
+        // names, so a cached listing or footer would hide or invent rows.
         let caches = CacheManagerConfig::default()
             .with_list_files_cache_limit(0)
             .with_file_statistics_cache_limit(0)

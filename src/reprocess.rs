@@ -1,0 +1,426 @@
+//! `reprocess --from --to`: recomputes the final tables and metrics of a
+//! range of final windows from the raw Parquet on the store, late events
+//! included, and replaces what was there.
+//!
+//! Each window's rows live in one file per table named after the window, so
+//! writing a window again replaces its file; a window file the recomputation
+//! no longer produces (a key that disappeared) is deleted afterwards. A
+//! reader during the swap sees, per window file, either the old or the new
+//! rows, never a mix within a file. Only final windows are touched (the
+//! daemon only finalizes later ones), so it is safe while the daemon runs.
+//! One reprocess at a time: `_finalizer/reprocess.lock` is created only if
+//! absent; the lock of a process that died on this host is taken over, so an
+//! interrupted reprocess is simply run again.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::DateTime;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Common;
+use crate::coordination::{host_name, now_ms, CoordinationError, Coordinator};
+use crate::metrics::catalog::{self, CatalogError};
+use crate::metrics::engine::{format_bound, EngineError, Finalizer};
+use crate::query::{self, QueryError};
+use crate::sink::partition::HourPartition;
+use crate::sink::store::{OutputStore, StoreError};
+use crate::tables;
+use crate::window::{window_start, WINDOW_MICROS};
+
+/// Options of `reprocess`.
+#[derive(Debug, Clone, Args)]
+pub struct ReprocessOpts {
+    /// Start of the range (RFC 3339, e.g. 2026-01-01T10:00:00Z); rounded
+    /// down to its window.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range, exclusive (RFC 3339); rounded up to a window end.
+    #[arg(long)]
+    pub to: String,
+    /// Only these metrics (comma-separated names of `sql/` files); the final
+    /// tables `signals` and `executions_enriched` are always recomputed.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Print the plan (hour partitions, raw rows, files) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Memory ceiling of the query engine, e.g. 2GiB [default: 1GiB].
+    #[arg(long, default_value = "1GiB")]
+    pub memory_limit: String,
+    /// Hours a signal may precede its executions and still be joined.
+    #[arg(long, default_value_t = 24.0)]
+    pub lookback_hours: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReprocessError {
+    #[error("--{option} {value:?}: {reason}")]
+    Invalid {
+        option: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "windows from {final_through} on are not final yet (range ends {to}): \
+         only final windows are reprocessed; the daemon finalizes the others"
+    )]
+    NotFinal { final_through: String, to: String },
+    #[error(
+        "another reprocess of {from}..{to} is running ({host} pid {pid}, started {age_secs} s ago): \
+         run this one when it is done"
+    )]
+    Busy {
+        from: String,
+        to: String,
+        host: String,
+        pid: u32,
+        age_secs: i64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Coordination(#[from] CoordinationError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("query engine: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+/// What a reprocess did (or, dry, would do).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReprocessSummary {
+    pub windows: usize,
+    pub hours: usize,
+    pub raw_events: u64,
+    pub signals: u64,
+    pub executions: u64,
+    pub metric_rows: u64,
+    pub files_written: usize,
+    pub files_deleted: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Lock {
+    from: String,
+    to: String,
+    host: String,
+    pid: u32,
+    started_ms: i64,
+}
+
+const LOCK: &str = "_finalizer/reprocess.lock";
+
+/// The window range `[from, to)` of the options: `from` rounded down, `to`
+/// rounded up to window boundaries.
+pub fn window_range(from: &str, to: &str) -> Result<(i64, i64), ReprocessError> {
+    let parse = |option: &'static str, v: &str| {
+        DateTime::parse_from_rfc3339(v)
+            .map(|t| t.timestamp_micros())
+            .map_err(|e| ReprocessError::Invalid {
+                option,
+                value: v.to_owned(),
+                reason: format!("not an RFC 3339 time ({e})"),
+            })
+    };
+    let from = window_start(parse("from", from)?);
+    let to_raw = parse("to", to)?;
+    let to = if to_raw == window_start(to_raw) {
+        to_raw
+    } else {
+        window_start(to_raw) + WINDOW_MICROS
+    };
+    if from >= to {
+        return Err(ReprocessError::Invalid {
+            option: "to",
+            value: to.to_string(),
+            reason: "must be after --from".into(),
+        });
+    }
+    Ok((from, to))
+}
+
+/// Window files a finalization of `[from, to)` writes in `folder`.
+fn window_files(folder: &str, from: i64, to: i64) -> BTreeSet<String> {
+    (from..to)
+        .step_by(WINDOW_MICROS as usize)
+        .map(|w| {
+            format!(
+                "{folder}/{}/w-{}.parquet",
+                HourPartition::of(w).path(),
+                format_bound(w)
+            )
+        })
+        .collect()
+}
+
+/// Takes the reprocess lock, or says who holds it.
+async fn lock(store: &OutputStore, from: i64, to: i64) -> Result<(), ReprocessError> {
+    let mine = Lock {
+        from: format_bound(from),
+        to: format_bound(to),
+        host: host_name(),
+        pid: std::process::id(),
+        started_ms: now_ms(),
+    };
+    let json = Bytes::from(serde_json::to_vec(&mine).expect("locks serialize"));
+    for _ in 0..2 {
+        if store.create(LOCK, json.clone()).await? {
+            return Ok(());
+        }
+        let Some(held) = store.get(LOCK).await? else {
+            continue;
+        };
+        let Ok(held) = serde_json::from_slice::<Lock>(&held) else {
+            store.delete(LOCK).await?; // unreadable: a torn write
+            continue;
+        };
+        let dead = held.host == mine.host
+            && !std::path::Path::new(&format!("/proc/{}", held.pid)).exists();
+        if !dead {
+            return Err(ReprocessError::Busy {
+                from: held.from,
+                to: held.to,
+                host: held.host,
+                pid: held.pid,
+                age_secs: (now_ms() - held.started_ms) / 1000,
+            });
+        }
+        store.delete(LOCK).await?;
+    }
+    Err(ReprocessError::Busy {
+        from: format_bound(from),
+        to: format_bound(to),
+        host: "another process".into(),
+        pid: 0,
+        age_secs: 0,
+    })
+}
+
+/// Recomputes `[from, to)`, printing progress to stderr.
+pub async fn reprocess(
+    common: &Common,
+    opts: &ReprocessOpts,
+) -> Result<ReprocessSummary, ReprocessError> {
+    let (from, to) = window_range(&opts.from, &opts.to)?;
+    let memory_limit =
+        crate::config::parse_bytes(&opts.memory_limit).map_err(|e| ReprocessError::Invalid {
+            option: "memory-limit",
+            value: opts.memory_limit.clone(),
+            reason: e.to_string(),
+        })?;
+    let store = OutputStore::open(&common.output, &common.s3)?;
+    let mut metrics = catalog::load(&common.sql_dir)?;
+    if !opts.metrics.is_empty() {
+        for name in &opts.metrics {
+            if !metrics.iter().any(|m| &m.name == name) {
+                let known: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+                return Err(ReprocessError::Invalid {
+                    option: "metrics",
+                    value: name.clone(),
+                    reason: format!("no such metric; known: {}", known.join(", ")),
+                });
+            }
+        }
+        metrics.retain(|m| opts.metrics.contains(&m.name));
+    }
+    catalog::check(&metrics).await?;
+    let coordinator = Coordinator::new(store.clone(), "reprocess", 0);
+    let final_through = coordinator.progress().await?.map(|p| p.finalized_through);
+    if final_through.is_none_or(|f| to > f) {
+        return Err(ReprocessError::NotFinal {
+            final_through: final_through.map_or("the start".into(), format_bound),
+            to: format_bound(to),
+        });
+    }
+    let folders: Vec<String> = [tables::SIGNALS, tables::EXECUTIONS_ENRICHED]
+        .into_iter()
+        .map(tables::folder_of)
+        .chain(metrics.iter().map(|m| format!("metrics/{}", m.name)))
+        .collect();
+    let hours = HourPartition::covering(from, to);
+    let t0 = Instant::now();
+    let mut summary = ReprocessSummary {
+        windows: ((to - from) / WINDOW_MICROS) as usize,
+        hours: hours.len(),
+        raw_events: raw_events(&store, from, to).await?,
+        ..Default::default()
+    };
+    eprintln!(
+        "reprocess {}..{}: {} windows in {} hour partitions, {} raw events, tables: {}",
+        format_bound(from),
+        format_bound(to),
+        summary.windows,
+        summary.hours,
+        summary.raw_events,
+        folders.join(", ")
+    );
+    if opts.dry_run {
+        for folder in &folders {
+            let existing = existing_window_files(&store, folder, from, to).await?;
+            eprintln!(
+                "  {folder}: {} window files in range now, each rewritten or deleted",
+                existing.len()
+            );
+        }
+        eprintln!("dry run: nothing written");
+        return Ok(summary);
+    }
+    lock(&store, from, to).await?;
+    let result = run_chunks(
+        &store,
+        &metrics,
+        &folders,
+        memory_limit,
+        opts,
+        from,
+        to,
+        &mut summary,
+        t0,
+    )
+    .await;
+    store.delete(LOCK).await?;
+    result?;
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_chunks(
+    store: &OutputStore,
+    metrics: &[catalog::Metric],
+    folders: &[String],
+    memory_limit: usize,
+    opts: &ReprocessOpts,
+    from: i64,
+    to: i64,
+    summary: &mut ReprocessSummary,
+    t0: Instant,
+) -> Result<(), ReprocessError> {
+    let finalizer = Finalizer::new(
+        store.clone(),
+        memory_limit,
+        (opts.lookback_hours * 3600e6) as i64,
+    )?;
+    let terminal = std::io::stderr().is_terminal();
+    let mut start = from;
+    while start < to {
+        // One hour at a time at most: files stay inside their partition.
+        let end = to.min((start.div_euclid(3_600_000_000) + 1) * 3_600_000_000);
+        let s = finalizer.finalize(metrics, start, end).await?;
+        summary.signals += s.signals as u64;
+        summary.executions += s.executions as u64;
+        summary.metric_rows += s.metric_rows.values().sum::<usize>() as u64;
+        summary.files_written += s.files.len();
+        let written: BTreeSet<&String> = s.files.iter().collect();
+        for folder in folders {
+            for f in existing_window_files(store, folder, start, end).await? {
+                if !written.contains(&f) {
+                    store.delete(&f).await?;
+                    summary.files_deleted += 1;
+                }
+            }
+        }
+        let done = (end - from) as f64 / (to - from) as f64;
+        let secs = t0.elapsed().as_secs_f64();
+        let rate = (summary.signals + summary.executions) as f64 / secs.max(1e-9);
+        let eta = secs / done.max(1e-9) - secs;
+        let line = format!(
+            "reprocess: {:>5.1}% through {}, {} events, {:.0} events/s, ETA {:.0} s",
+            done * 100.0,
+            format_bound(end),
+            summary.signals + summary.executions,
+            rate,
+            eta
+        );
+        if terminal {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        start = end;
+    }
+    if terminal {
+        eprintln!();
+    }
+    Ok(())
+}
+
+/// Window files of `folder` for windows in `[from, to)` that exist now.
+async fn existing_window_files(
+    store: &OutputStore,
+    folder: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<String>, ReprocessError> {
+    let wanted = window_files(folder, from, to);
+    let mut out = vec![];
+    for hour in HourPartition::covering(from, to) {
+        for (rel, _) in store.list(&format!("{folder}/{}", hour.path())).await? {
+            if wanted.contains(&rel) {
+                out.push(rel);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Raw events (both topics, duplicates included) with event time in range.
+async fn raw_events(store: &OutputStore, from: i64, to: i64) -> Result<u64, ReprocessError> {
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM {s} WHERE emitted_at >= to_timestamp_micros({from}) AND emitted_at < to_timestamp_micros({to}))
+              + (SELECT count(*) FROM {e} WHERE executed_at >= to_timestamp_micros({from}) AND executed_at < to_timestamp_micros({to}))",
+        s = tables::RAW_SIGNALS,
+        e = tables::RAW_EXECUTIONS,
+    );
+    let batches = query::collect(store, &sql).await?;
+    let n = batches
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0);
+    Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_round_out_to_whole_windows_and_bad_input_is_named() {
+        let (f, t) = window_range("2026-01-01T10:00:30Z", "2026-01-01T10:02:00Z").unwrap();
+        assert_eq!(f, 1_767_261_600_000_000);
+        assert_eq!(t - f, 2 * WINDOW_MICROS);
+        let (_, t) = window_range("2026-01-01T10:00:00Z", "2026-01-01T10:02:01Z").unwrap();
+        assert_eq!(t - f, 3 * WINDOW_MICROS);
+        let e = window_range("yesterday", "2026-01-01T10:02:00Z").unwrap_err();
+        assert!(e.to_string().contains("--from \"yesterday\""), "{e}");
+        assert!(window_range("2026-01-01T10:02:00Z", "2026-01-01T10:01:00Z").is_err());
+    }
+
+    #[test]
+    fn window_files_name_every_window_of_the_range() {
+        let f = 1_767_261_600_000_000;
+        let files = window_files("signals", f, f + 2 * WINDOW_MICROS);
+        assert_eq!(
+            files.into_iter().collect::<Vec<_>>(),
+            [
+                "signals/dt=2026-01-01/hour=10/w-20260101T1000.parquet",
+                "signals/dt=2026-01-01/hour=10/w-20260101T1001.parquet",
+            ]
+        );
+    }
+}
