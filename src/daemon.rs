@@ -22,13 +22,16 @@ use crate::coordination::{
 };
 use crate::metrics::catalog::{self, CatalogError, Metric};
 use crate::metrics::engine::{
-    plan_partitioned, write_planned, EngineError, FileNaming, Finalizer, PlannedFile,
+    finalize_budget, plan_partitioned, write_planned, EngineError, FileNaming, Finalizer,
+    PlannedFile,
 };
 use crate::schema::{EXECUTIONS_TOPIC, SIGNALS_TOPIC};
 use crate::sink::store::{OutputStore, StoreError};
 use crate::source::kafka;
 use crate::tables;
-use crate::window::{final_bound, window_start, WatermarkTracker, WINDOW_MICROS};
+use crate::window::{
+    chunk_end, final_bound, window_start, WatermarkTracker, HOUR_MICROS, WINDOW_MICROS,
+};
 use crate::{completeness, late};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,11 +95,6 @@ impl RunSummary {
         self.messages as f64 / self.busy_seconds.max(1e-9)
     }
 }
-
-/// What finalizing one event costs in memory, all stages together (measured
-/// with the catalog metrics): the events finalized at once are budgeted
-/// from it.
-const FINALIZE_BYTES_PER_EVENT: usize = 3 * 1024;
 
 /// Attempts at writing one epoch before the daemon stops with the error
 /// (about 4 minutes of backoff, on top of the store client's own retries).
@@ -733,7 +731,7 @@ impl Daemon {
         watermark: Option<i64>,
         events: &BTreeMap<i64, u64>,
     ) -> Result<(), DaemonError> {
-        let budget = (self.run.memory_limit / 2 / FINALIZE_BYTES_PER_EVENT) as u64;
+        let budget = finalize_budget(self.run.memory_limit);
         let mut start = from;
         while start < to {
             if !self.coordinator.holds(term).await? {
@@ -741,7 +739,7 @@ impl Daemon {
                 self.term = None;
                 return Ok(());
             }
-            let end = finalize_chunk_end(start, to, events, budget);
+            let end = chunk_end(start, to, events, budget);
             let s = self.finalizer.finalize(&self.metrics, start, end).await?;
             self.summary.final_signals += s.signals as u64;
             self.summary.final_executions += s.executions as u64;
@@ -972,29 +970,6 @@ impl Daemon {
     }
 }
 
-/// End of the chunk of windows finalized together from `start` (before
-/// `to`): at least one window, then more while their events (`events` per
-/// window start) fit in `budget`; at most ten minutes and never across an
-/// hour, so a catch-up over hours of backlog holds few events in memory and
-/// each file stays inside one Hive partition.
-const HOUR_MICROS: i64 = 60 * WINDOW_MICROS;
-
-fn finalize_chunk_end(start: i64, to: i64, events: &BTreeMap<i64, u64>, budget: u64) -> i64 {
-    const CHUNK: i64 = 10 * WINDOW_MICROS;
-    let next_hour = (start.div_euclid(HOUR_MICROS) + 1) * HOUR_MICROS;
-    let limit = to.min(next_hour).min(window_start(start) + CHUNK);
-    let mut end = window_start(start) + WINDOW_MICROS;
-    let mut total = events.get(&window_start(start)).copied().unwrap_or(0);
-    while end < limit {
-        total += events.get(&end).copied().unwrap_or(0);
-        if total > budget {
-            break;
-        }
-        end += WINDOW_MICROS;
-    }
-    end.min(limit)
-}
-
 /// The dead letters of one topic.
 fn rows_of_topic(
     batch: &RecordBatch,
@@ -1017,32 +992,6 @@ impl From<arrow::error::ArrowError> for DaemonError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finalize_chunks_are_short_and_stay_inside_the_hour() {
-        let h = 1_767_261_600_000_000; // 10:00
-        let m = WINDOW_MICROS;
-        let none = BTreeMap::new();
-        let end = |start, to| finalize_chunk_end(start, to, &none, 100);
-        assert_eq!(end(h, h + 120 * m), h + 10 * m);
-        assert_eq!(end(h + 55 * m, h + 120 * m), h + 60 * m);
-        assert_eq!(end(h + 59 * m + 1, h + 120 * m), h + 60 * m);
-        assert_eq!(end(h, h + 3 * m), h + 3 * m);
-    }
-
-    #[test]
-    fn finalize_chunks_hold_the_event_budget() {
-        let h = 1_767_261_600_000_000;
-        let m = WINDOW_MICROS;
-        let events: BTreeMap<i64, u64> =
-            [(h, 40), (h + m, 40), (h + 2 * m, 40), (h + 3 * m, 500)].into();
-        let end = |start| finalize_chunk_end(start, h + 60 * m, &events, 100);
-        assert_eq!(end(h), h + 2 * m, "two windows fit, three do not");
-        assert_eq!(end(h + 2 * m), h + 3 * m);
-        // A window over the budget alone is still finalized, on its own.
-        assert_eq!(end(h + 3 * m), h + 4 * m);
-        assert_eq!(end(h + 4 * m), h + 14 * m, "empty windows cost nothing");
-    }
 
     #[test]
     fn instance_ids_are_safe_in_paths() {

@@ -12,7 +12,10 @@
 //! absent; the lock of a process that died on this host is taken over, so an
 //! interrupted reprocess is simply run again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -24,12 +27,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::Common;
 use crate::coordination::{host_name, now_ms, CoordinationError, Coordinator};
 use crate::metrics::catalog::{self, CatalogError};
-use crate::metrics::engine::{format_bound, EngineError, Finalizer};
+use crate::metrics::engine::{finalize_budget, format_bound, EngineError, Finalizer};
 use crate::query::{self, QueryError};
 use crate::sink::partition::HourPartition;
 use crate::sink::store::{OutputStore, StoreError};
 use crate::tables;
-use crate::window::{window_start, WINDOW_MICROS};
+use crate::window::{chunk_end, window_start, WINDOW_MICROS};
 
 /// Options of `reprocess`.
 #[derive(Debug, Clone, Args)]
@@ -248,10 +251,11 @@ pub async fn reprocess(
         .collect();
     let hours = HourPartition::covering(from, to);
     let t0 = Instant::now();
+    let events = raw_events(&store, from, to).await?;
     let mut summary = ReprocessSummary {
         windows: ((to - from) / WINDOW_MICROS) as usize,
         hours: hours.len(),
-        raw_events: raw_events(&store, from, to).await?,
+        raw_events: events.values().sum(),
         ..Default::default()
     };
     eprintln!(
@@ -281,8 +285,8 @@ pub async fn reprocess(
         &folders,
         memory_limit,
         opts,
-        from,
-        to,
+        (from, to),
+        &events,
         &mut summary,
         t0,
     )
@@ -300,8 +304,8 @@ async fn run_chunks(
     folders: &[String],
     memory_limit: usize,
     opts: &ReprocessOpts,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
+    events: &BTreeMap<i64, u64>,
     summary: &mut ReprocessSummary,
     t0: Instant,
 ) -> Result<(), ReprocessError> {
@@ -313,8 +317,8 @@ async fn run_chunks(
     let terminal = std::io::stderr().is_terminal();
     let mut start = from;
     while start < to {
-        // One hour at a time at most: files stay inside their partition.
-        let end = to.min((start.div_euclid(3_600_000_000) + 1) * 3_600_000_000);
+        // Chunks as in the daemon: within the memory budget, inside an hour.
+        let end = chunk_end(start, to, events, finalize_budget(memory_limit));
         let s = finalizer.finalize(metrics, start, end).await?;
         summary.signals += s.signals as u64;
         summary.executions += s.executions as u64;
@@ -373,26 +377,34 @@ async fn existing_window_files(
     Ok(out)
 }
 
-/// Raw events (both topics, duplicates included) with event time in range.
-async fn raw_events(store: &OutputStore, from: i64, to: i64) -> Result<u64, ReprocessError> {
+/// Raw events (both topics, duplicates included) per window start in range:
+/// they size the chunks, as in the daemon.
+async fn raw_events(
+    store: &OutputStore,
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<i64, u64>, ReprocessError> {
+    let range =
+        |t: &str| format!("{t} >= to_timestamp_micros({from}) AND {t} < to_timestamp_micros({to})");
     let sql = format!(
-        "SELECT (SELECT count(*) FROM {s} WHERE emitted_at >= to_timestamp_micros({from}) AND emitted_at < to_timestamp_micros({to}))
-              + (SELECT count(*) FROM {e} WHERE executed_at >= to_timestamp_micros({from}) AND executed_at < to_timestamp_micros({to}))",
+        "SELECT CAST(date_bin(INTERVAL '1 minute', t) AS BIGINT) AS w, count(*) AS n FROM (
+             SELECT emitted_at AS t FROM {s} WHERE {rs}
+             UNION ALL SELECT executed_at AS t FROM {e} WHERE {re}
+         ) GROUP BY 1",
         s = tables::RAW_SIGNALS,
         e = tables::RAW_EXECUTIONS,
+        rs = range("emitted_at"),
+        re = range("executed_at"),
     );
-    let batches = query::collect(store, &sql).await?;
-    let n = batches
-        .first()
-        .filter(|b| b.num_rows() > 0)
-        .and_then(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .map(|a| a.value(0))
-        })
-        .unwrap_or(0);
-    Ok(n as u64)
+    let mut out = BTreeMap::new();
+    for b in query::collect(store, &sql).await? {
+        let w = b.column(0).as_primitive::<Int64Type>();
+        let n = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            out.insert(w.value(i), n.value(i) as u64);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

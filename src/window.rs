@@ -135,9 +135,58 @@ pub fn final_bound(watermark: i64) -> i64 {
     window_start(watermark)
 }
 
+/// Length of an hour partition.
+pub const HOUR_MICROS: i64 = 60 * WINDOW_MICROS;
+
+/// End of the chunk of windows finalized together from `start` (before
+/// `to`): at least one window, then more while their events (`events` per
+/// window start) fit in `budget`; at most ten minutes and never across an
+/// hour, so a catch-up over hours of backlog holds few events in memory and
+/// each file stays inside one Hive partition.
+pub fn chunk_end(start: i64, to: i64, events: &BTreeMap<i64, u64>, budget: u64) -> i64 {
+    const CHUNK: i64 = 10 * WINDOW_MICROS;
+    let next_hour = (start.div_euclid(HOUR_MICROS) + 1) * HOUR_MICROS;
+    let limit = to.min(next_hour).min(window_start(start) + CHUNK);
+    let mut end = window_start(start) + WINDOW_MICROS;
+    let mut total = events.get(&window_start(start)).copied().unwrap_or(0);
+    while end < limit {
+        total += events.get(&end).copied().unwrap_or(0);
+        if total > budget {
+            break;
+        }
+        end += WINDOW_MICROS;
+    }
+    end.min(limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn finalize_chunks_are_short_and_stay_inside_the_hour() {
+        let h = 1_767_261_600_000_000; // 10:00
+        let m = WINDOW_MICROS;
+        let none = BTreeMap::new();
+        let end = |start, to| chunk_end(start, to, &none, 100);
+        assert_eq!(end(h, h + 120 * m), h + 10 * m);
+        assert_eq!(end(h + 55 * m, h + 120 * m), h + 60 * m);
+        assert_eq!(end(h + 59 * m + 1, h + 120 * m), h + 60 * m);
+        assert_eq!(end(h, h + 3 * m), h + 3 * m);
+    }
+
+    #[test]
+    fn finalize_chunks_hold_the_event_budget() {
+        let h = 1_767_261_600_000_000;
+        let m = WINDOW_MICROS;
+        let events: BTreeMap<i64, u64> =
+            [(h, 40), (h + m, 40), (h + 2 * m, 40), (h + 3 * m, 500)].into();
+        let end = |start| chunk_end(start, h + 60 * m, &events, 100);
+        assert_eq!(end(h), h + 2 * m, "two windows fit, three do not");
+        assert_eq!(end(h + 2 * m), h + 3 * m);
+        // A window over the budget alone is still finalized, on its own.
+        assert_eq!(end(h + 3 * m), h + 4 * m);
+        assert_eq!(end(h + 4 * m), h + 14 * m, "empty windows cost nothing");
+    }
 
     const MIN: i64 = WINDOW_MICROS;
 

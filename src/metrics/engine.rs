@@ -52,6 +52,16 @@ pub struct FinalizeSummary {
     pub files: Vec<String>,
 }
 
+/// What finalizing one event costs in memory, all stages together (measured
+/// with the catalog metrics): the events finalized at once are budgeted
+/// from it.
+const FINALIZE_BYTES_PER_EVENT: usize = 3 * 1024;
+
+/// Events to finalize at once under `memory_limit`: half of it.
+pub fn finalize_budget(memory_limit: usize) -> u64 {
+    (memory_limit / 2 / FINALIZE_BYTES_PER_EVENT) as u64
+}
+
 /// Runs the finalization of window ranges against one output store.
 pub struct Finalizer {
     store: OutputStore,
