@@ -121,10 +121,6 @@ impl Checkpoints {
         }
     }
 
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     async fn put(&self, kind: &str, r: &EpochRecord) -> Result<(), CheckpointError> {
         let json = serde_json::to_vec_pretty(r).expect("records serialize");
         let rel = name(&folder(&self.instance, kind), r.epoch);

@@ -102,6 +102,12 @@ pub fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Whether the process `pid` on `host` is known to be gone: only provable
+/// on this host (no `/proc/<pid>`); elsewhere heartbeats have to tell.
+pub fn process_gone(host: &str, pid: u32) -> bool {
+    host == host_name() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Reads and writes the coordination records of one instance.
 #[derive(Debug, Clone)]
 pub struct Coordinator {
@@ -118,10 +124,6 @@ impl Coordinator {
             instance: instance.to_owned(),
             timeout_ms,
         }
-    }
-
-    pub fn timeout_ms(&self) -> i64 {
-        self.timeout_ms
     }
 
     async fn read<T: for<'de> Deserialize<'de>>(
@@ -154,14 +156,7 @@ impl Coordinator {
             return Ok(());
         };
         let now = now_ms();
-        let same_host = r.host == host_name();
-        // On this host a dead pid is proof enough; elsewhere, the heartbeat.
-        let running = if same_host {
-            r.pid != std::process::id()
-                && std::path::Path::new(&format!("/proc/{}", r.pid)).exists()
-        } else {
-            true
-        };
+        let running = r.pid != std::process::id() && !process_gone(&r.host, r.pid);
         if r.alive(now, self.timeout_ms) && running {
             return Err(CoordinationError::InUse {
                 instance: self.instance.clone(),
@@ -286,25 +281,14 @@ pub fn global_watermark(
             }
         }
     }
-    let mut active = vec![];
-    let mut max = None;
-    for (topic, partition) in partitions {
-        let (_, p) = newest.get(&(topic.as_str(), *partition))?;
-        max = max.max(p.max_event_time);
-        if !p.idle {
-            active.push(p.max_event_time);
-        }
-    }
-    let low = if active.is_empty() {
-        max
-    } else {
-        active
-            .into_iter()
-            .collect::<Option<Vec<i64>>>()?
-            .into_iter()
-            .min()
-    };
-    low.map(|t| t.saturating_sub(allowed_lateness_us))
+    let reports = partitions
+        .iter()
+        .map(|(topic, partition)| {
+            let (_, p) = newest.get(&(topic.as_str(), *partition))?;
+            Some((p.max_event_time, p.idle))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    crate::window::watermark_of(reports, allowed_lateness_us)
 }
 
 #[cfg(test)]

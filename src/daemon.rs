@@ -350,19 +350,22 @@ impl Daemon {
     /// Routes one message: skipped if already on the store, else into the
     /// current epoch.
     async fn handle(&mut self, m: &Message<'_>, now: Instant) -> Result<(), DaemonError> {
-        let key = (m.topic.to_owned(), m.partition);
-        if !self.owned.contains(&key) {
+        // Per message: compare in place rather than build a key (a handful
+        // of partitions, and usually no resync at all).
+        let same = |(t, p): &(String, i32)| t == m.topic && *p == m.partition;
+        if !self.owned.iter().any(same) {
             // A partition new to this instance: what others committed of it
             // must be known before its first message is taken.
             self.refresh_assignment();
-            self.owned.insert(key.clone());
+            self.owned.insert((m.topic.to_owned(), m.partition));
             self.load_next_offsets().await?;
         }
-        if let Some(&want) = self.resync.get(&key) {
+        if let Some((key, &want)) = self.resync.iter().find(|(k, _)| same(k)) {
             if m.offset != want {
                 self.summary.already_committed += 1;
                 return Ok(());
             }
+            let key = key.clone();
             self.resync.remove(&key);
         }
         if self.buffer.holds(m.topic, m.partition, m.offset)

@@ -25,7 +25,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Common;
-use crate::coordination::{host_name, now_ms, CoordinationError, Coordinator};
+use crate::coordination::{host_name, now_ms, process_gone, CoordinationError, Coordinator};
 use crate::metrics::catalog::{self, CatalogError};
 use crate::metrics::engine::{finalize_budget, format_bound, EngineError, Finalizer};
 use crate::query::{self, QueryError};
@@ -186,9 +186,7 @@ async fn lock(store: &OutputStore, from: i64, to: i64) -> Result<(), ReprocessEr
             store.delete(LOCK).await?; // unreadable: a torn write
             continue;
         };
-        let dead = held.host == mine.host
-            && !std::path::Path::new(&format!("/proc/{}", held.pid)).exists();
-        if !dead {
+        if !process_gone(&held.host, held.pid) {
             return Err(ReprocessError::Busy {
                 from: held.from,
                 to: held.to,

@@ -90,23 +90,13 @@ impl WatermarkTracker {
     /// Current watermark, or `None` while an active partition has no event
     /// yet (or before any event at all).
     pub fn watermark(&self, now: Instant) -> Option<i64> {
-        let active: Vec<Option<i64>> = self
-            .partitions
-            .values()
-            .filter(|p| now.duration_since(p.last_seen) < self.idle_timeout)
-            .map(|p| p.max_event_time)
-            .collect();
-        let low = if active.is_empty() {
-            // Every partition idle: caught up, follow the newest event.
-            self.max_event_time()
-        } else {
-            active
-                .into_iter()
-                .collect::<Option<Vec<i64>>>()?
-                .into_iter()
-                .min()
-        };
-        low.map(|t| t.saturating_sub(self.allowed_lateness_us))
+        watermark_of(
+            self.partitions.values().map(|p| {
+                let idle = now.duration_since(p.last_seen) >= self.idle_timeout;
+                (p.max_event_time, idle)
+            }),
+            self.allowed_lateness_us,
+        )
     }
 
     /// Each partition's newest event time and whether it is idle at `now`.
@@ -127,6 +117,35 @@ impl WatermarkTracker {
             .filter_map(|p| p.max_event_time)
             .max()
     }
+}
+
+/// The watermark rule, over partitions given as (newest event time, idle):
+/// the minimum over active partitions, minus the lateness; `None` while an
+/// active partition has no event yet. When every partition is idle the
+/// stream is caught up and the watermark follows the newest event. Shared by
+/// one instance's tracker and the finalizer's view over all instances.
+pub fn watermark_of(
+    partitions: impl IntoIterator<Item = (Option<i64>, bool)>,
+    allowed_lateness_us: i64,
+) -> Option<i64> {
+    let mut newest = None;
+    let mut active = vec![];
+    for (max_event_time, idle) in partitions {
+        newest = newest.max(max_event_time);
+        if !idle {
+            active.push(max_event_time);
+        }
+    }
+    let low = if active.is_empty() {
+        newest
+    } else {
+        active
+            .into_iter()
+            .collect::<Option<Vec<i64>>>()?
+            .into_iter()
+            .min()
+    };
+    low.map(|t| t.saturating_sub(allowed_lateness_us))
 }
 
 /// Windows with a start before the returned bound are final under `watermark`:
