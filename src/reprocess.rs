@@ -8,9 +8,15 @@
 //! reader during the swap sees, per window file, either the old or the new
 //! rows, never a mix within a file. Only final windows are touched (the
 //! daemon only finalizes later ones), so it is safe while the daemon runs.
-//! One reprocess at a time: `_finalizer/reprocess.lock` is created only if
-//! absent; the lock of a process that died on this host is taken over, so an
-//! interrupted reprocess is simply run again.
+//! Reprocesses of overlapping ranges exclude each other: each holds a lock
+//! `_finalizer/reprocess/<from>_<to>.json`, created only if absent, and
+//! gives way when another live lock overlaps its range; the lock of a
+//! process that died on this host is taken over, so an interrupted
+//! reprocess is simply run again.
+//!
+//! With `--source kafka` the events come from the topics again instead of
+//! `raw/`: read into a scratch folder `_reprocess/<from>_<to>/raw/`, which
+//! the same finalization then reads, and deleted at the end.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +37,7 @@ use crate::metrics::engine::{finalize_budget, format_bound, EngineError, Finaliz
 use crate::query::{self, QueryError};
 use crate::sink::partition::HourPartition;
 use crate::sink::store::{OutputStore, StoreError};
+use crate::source::replay::{self, ReplayError};
 use crate::tables;
 use crate::window::{chunk_end, window_start, WINDOW_MICROS};
 
@@ -57,6 +64,19 @@ pub struct ReprocessOpts {
     /// Hours a signal may precede its executions and still be joined.
     #[arg(long, default_value_t = 24.0)]
     pub lookback_hours: f64,
+    /// Where the events come from: `raw` (the raw Parquet on the store) or
+    /// `kafka` (the topics again, each partition from the first offset
+    /// stamped at or after the range start, less the lookback and an hour
+    /// of clock skew, up to its end when the reprocess starts).
+    #[arg(long, value_enum, default_value_t = Source::Raw)]
+    pub source: Source,
+}
+
+/// Where `reprocess` reads the events of its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    Raw,
+    Kafka,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +93,8 @@ pub enum ReprocessError {
     )]
     NotFinal { final_through: String, to: String },
     #[error(
-        "another reprocess of {from}..{to} is running ({host} pid {pid}, started {age_secs} s ago): \
-         run this one when it is done"
+        "another reprocess of {from}..{to}, which overlaps this range, is running \
+         ({host} pid {pid}, started {age_secs} s ago): run this one when it is done"
     )]
     Busy {
         from: String,
@@ -93,6 +113,8 @@ pub enum ReprocessError {
     Coordination(#[from] CoordinationError),
     #[error(transparent)]
     Query(#[from] QueryError),
+    #[error("reading the range from Kafka: {0}")]
+    Replay(#[from] ReplayError),
     #[error("query engine: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
@@ -115,12 +137,24 @@ pub struct ReprocessSummary {
 struct Lock {
     from: String,
     to: String,
+    from_us: i64,
+    to_us: i64,
     host: String,
     pid: u32,
     started_ms: i64,
 }
 
-const LOCK: &str = "_finalizer/reprocess.lock";
+const LOCKS: &str = "_finalizer/reprocess";
+
+/// The lock file of a reprocess of `[from, to)`.
+fn lock_path(from: i64, to: i64) -> String {
+    format!("{LOCKS}/{}_{}.json", format_bound(from), format_bound(to))
+}
+
+/// Scratch folder of a `--source kafka` reprocess of `[from, to)`.
+fn scratch_folder(from: i64, to: i64) -> String {
+    format!("_reprocess/{}_{}", format_bound(from), format_bound(to))
+}
 
 /// The window range `[from, to)` of the options: `from` rounded down, `to`
 /// rounded up to window boundaries.
@@ -165,45 +199,67 @@ fn window_files(folder: &str, from: i64, to: i64) -> BTreeSet<String> {
         .collect()
 }
 
-/// Takes the reprocess lock, or says who holds it.
-async fn lock(store: &OutputStore, from: i64, to: i64) -> Result<(), ReprocessError> {
+fn busy(held: Lock) -> ReprocessError {
+    ReprocessError::Busy {
+        from: held.from,
+        to: held.to,
+        host: held.host,
+        pid: held.pid,
+        age_secs: (now_ms() - held.started_ms) / 1000,
+    }
+}
+
+/// Takes the lock of `[from, to)` and returns its path, or says which
+/// running reprocess overlaps. Two that start together over overlapping
+/// ranges may both give way; neither runs with the other.
+async fn lock(store: &OutputStore, from: i64, to: i64) -> Result<String, ReprocessError> {
     let mine = Lock {
         from: format_bound(from),
         to: format_bound(to),
+        from_us: from,
+        to_us: to,
         host: host_name(),
         pid: std::process::id(),
         started_ms: now_ms(),
     };
+    let path = lock_path(from, to);
     let json = Bytes::from(serde_json::to_vec(&mine).expect("locks serialize"));
+    let mut created = false;
     for _ in 0..2 {
-        if store.create(LOCK, json.clone()).await? {
-            return Ok(());
+        if store.create(&path, json.clone()).await? {
+            created = true;
+            break;
         }
-        let Some(held) = store.get(LOCK).await? else {
-            continue;
-        };
-        let Ok(held) = serde_json::from_slice::<Lock>(&held) else {
-            store.delete(LOCK).await?; // unreadable: a torn write
-            continue;
-        };
-        if !process_gone(&held.host, held.pid) {
-            return Err(ReprocessError::Busy {
-                from: held.from,
-                to: held.to,
-                host: held.host,
-                pid: held.pid,
-                age_secs: (now_ms() - held.started_ms) / 1000,
-            });
+        match store.get(&path).await? {
+            Some(held) => match serde_json::from_slice::<Lock>(&held) {
+                Ok(held) if !process_gone(&held.host, held.pid) => return Err(busy(held)),
+                // Its process died, or the record is torn: take it over.
+                _ => store.delete(&path).await?,
+            },
+            None => continue,
         }
-        store.delete(LOCK).await?;
     }
-    Err(ReprocessError::Busy {
-        from: format_bound(from),
-        to: format_bound(to),
-        host: "another process".into(),
-        pid: 0,
-        age_secs: 0,
-    })
+    if !created {
+        return Err(busy(mine));
+    }
+    for (other, _) in store.list(LOCKS).await? {
+        if other == path {
+            continue;
+        }
+        let Some(bytes) = store.get(&other).await? else {
+            continue; // released meanwhile
+        };
+        let Ok(held) = serde_json::from_slice::<Lock>(&bytes) else {
+            continue; // not a lock of this format
+        };
+        if process_gone(&held.host, held.pid) {
+            store.delete(&other).await?;
+        } else if held.from_us < to && from < held.to_us {
+            store.delete(&path).await?;
+            return Err(busy(held));
+        }
+    }
+    Ok(path)
 }
 
 /// Recomputes `[from, to)`, printing progress to stderr.
@@ -247,83 +303,165 @@ pub async fn reprocess(
         .map(tables::folder_of)
         .chain(metrics.iter().map(|m| format!("metrics/{}", m.name)))
         .collect();
-    let hours = HourPartition::covering(from, to);
-    let t0 = Instant::now();
-    let events = raw_events(&store, from, to).await?;
+    let lookback_us = (opts.lookback_hours * 3600e6) as i64;
+    let job = Job {
+        from,
+        to,
+        folders,
+        metrics,
+        memory_limit,
+        lookback_us,
+        replay: replay::Range {
+            signals_from: from - lookback_us,
+            executions_from: from,
+            to,
+        },
+    };
     let mut summary = ReprocessSummary {
         windows: ((to - from) / WINDOW_MICROS) as usize,
-        hours: hours.len(),
-        raw_events: events.values().sum(),
+        hours: HourPartition::covering(from, to).len(),
         ..Default::default()
     };
-    eprintln!(
-        "reprocess {}..{}: {} windows in {} hour partitions, {} raw events, tables: {}",
-        format_bound(from),
-        format_bound(to),
-        summary.windows,
-        summary.hours,
-        summary.raw_events,
-        folders.join(", ")
-    );
     if opts.dry_run {
-        for folder in &folders {
-            let existing = existing_window_files(&store, folder, from, to).await?;
-            eprintln!(
-                "  {folder}: {} window files in range now, each rewritten or deleted",
-                existing.len()
-            );
-        }
-        eprintln!("dry run: nothing written");
+        dry_run(&store, common, opts.source, &job, &mut summary).await?;
         return Ok(summary);
     }
-    lock(&store, from, to).await?;
-    let result = run_chunks(
-        &store,
-        &metrics,
-        &folders,
-        memory_limit,
-        opts,
-        (from, to),
-        &events,
-        &mut summary,
-        t0,
-    )
-    .await;
-    store.delete(LOCK).await?;
+    let t0 = Instant::now();
+    let lock = lock(&store, from, to).await?;
+    let result = run(&store, common, opts.source, &job, &mut summary, t0).await;
+    store.delete(&lock).await?;
     result?;
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_chunks(
-    store: &OutputStore,
-    metrics: &[catalog::Metric],
-    folders: &[String],
+/// What one reprocess does.
+struct Job {
+    from: i64,
+    to: i64,
+    /// Output folders it replaces windows of.
+    folders: Vec<String>,
+    metrics: Vec<catalog::Metric>,
     memory_limit: usize,
-    opts: &ReprocessOpts,
-    (from, to): (i64, i64),
-    events: &BTreeMap<i64, u64>,
+    lookback_us: i64,
+    /// What it reads with `--source kafka`.
+    replay: replay::Range,
+}
+
+/// The plan's first line; `input` says what is read, e.g. "2971 events from raw/".
+fn announce(job: &Job, summary: &ReprocessSummary, input: &str) {
+    eprintln!(
+        "reprocess {}..{}: {} windows in {} hour partitions, {input}, tables: {}",
+        format_bound(job.from),
+        format_bound(job.to),
+        summary.windows,
+        summary.hours,
+        job.folders.join(", ")
+    );
+}
+
+/// Prints the plan: what would be read and which files replaced.
+async fn dry_run(
+    store: &OutputStore,
+    common: &Common,
+    source: Source,
+    job: &Job,
+    summary: &mut ReprocessSummary,
+) -> Result<(), ReprocessError> {
+    match source {
+        Source::Raw => {
+            summary.raw_events = raw_events(store, job.from, job.to).await?.values().sum();
+            announce(
+                job,
+                summary,
+                &format!("{} events from raw/", summary.raw_events),
+            );
+        }
+        Source::Kafka => {
+            let spans = replay::plan(common, job.replay)?;
+            let messages: i64 = spans.iter().map(|s| s.end - s.start).sum();
+            announce(
+                job,
+                summary,
+                &format!("{messages} messages to read from Kafka"),
+            );
+            for s in spans {
+                eprintln!(
+                    "  {}/{}: offsets {}..{} ({} messages to read)",
+                    s.topic,
+                    s.partition,
+                    s.start,
+                    s.end,
+                    s.end - s.start
+                );
+            }
+        }
+    }
+    for folder in &job.folders {
+        let existing = existing_window_files(store, folder, job.from, job.to).await?;
+        eprintln!(
+            "  {folder}: {} window files in range now, each rewritten or deleted",
+            existing.len()
+        );
+    }
+    eprintln!("dry run: nothing written");
+    Ok(())
+}
+
+/// Reads the range (from `raw/` or Kafka) and replaces its windows.
+async fn run(
+    store: &OutputStore,
+    common: &Common,
+    source: Source,
+    job: &Job,
     summary: &mut ReprocessSummary,
     t0: Instant,
 ) -> Result<(), ReprocessError> {
-    let finalizer = Finalizer::new(
-        store.clone(),
-        memory_limit,
-        (opts.lookback_hours * 3600e6) as i64,
-    )?;
-    let terminal = std::io::stderr().is_terminal();
-    let mut start = from;
-    while start < to {
+    let raw = match source {
+        Source::Raw => store.clone(),
+        Source::Kafka => {
+            let scratch = store.sub(&scratch_folder(job.from, job.to));
+            // An interrupted run's scratch rows would count twice.
+            scratch.delete_all("").await?;
+            let read = replay::replay(common, &scratch, job.replay, |done, total| {
+                progress_line(&format!(
+                    "reading Kafka: {done} of {total} messages ({:.0} messages/s)",
+                    done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+                ))
+            })
+            .await?;
+            end_progress();
+            eprintln!(
+                "read {} messages from Kafka: {} signals (with the lookback) and {} executions in range",
+                read.messages, read.signals, read.executions
+            );
+            scratch
+        }
+    };
+    let events = raw_events(&raw, job.from, job.to).await?;
+    summary.raw_events = events.values().sum();
+    let label = match source {
+        Source::Raw => "raw/",
+        Source::Kafka => "Kafka",
+    };
+    announce(
+        job,
+        summary,
+        &format!("{} events from {label}", summary.raw_events),
+    );
+    let finalizer = Finalizer::new(store.clone(), job.memory_limit, job.lookback_us)?
+        .reading_raw_from(raw.clone());
+    let mut start = job.from;
+    while start < job.to {
         // Chunks as in the daemon: within the memory budget, inside an hour.
-        let end = chunk_end(start, to, events, finalize_budget(memory_limit));
-        let s = finalizer.finalize(metrics, start, end).await?;
+        let end = chunk_end(start, job.to, &events, finalize_budget(job.memory_limit));
+        let s = finalizer.finalize(&job.metrics, start, end).await?;
         summary.signals += s.signals as u64;
         summary.executions += s.executions as u64;
         summary.metric_rows += s.metric_rows.values().sum::<usize>() as u64;
         summary.files_written += s.files.len();
         let written: BTreeSet<&String> = s.files.iter().collect();
-        for folder in folders {
+        for folder in &job.folders {
             for f in existing_window_files(store, folder, start, end).await? {
                 if !written.contains(&f) {
                     store.delete(&f).await?;
@@ -331,29 +469,40 @@ async fn run_chunks(
                 }
             }
         }
-        let done = (end - from) as f64 / (to - from) as f64;
+        let done = (end - job.from) as f64 / (job.to - job.from) as f64;
         let secs = t0.elapsed().as_secs_f64();
         let rate = (summary.signals + summary.executions) as f64 / secs.max(1e-9);
         let eta = secs / done.max(1e-9) - secs;
-        let line = format!(
+        progress_line(&format!(
             "reprocess: {:>5.1}% through {}, {} events, {:.0} events/s, ETA {:.0} s",
             done * 100.0,
             format_bound(end),
             summary.signals + summary.executions,
             rate,
             eta
-        );
-        if terminal {
-            eprint!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
+        ));
         start = end;
     }
-    if terminal {
-        eprintln!();
+    end_progress();
+    if source == Source::Kafka {
+        raw.delete_all("").await?;
     }
     Ok(())
+}
+
+/// One progress line: rewritten in place on a terminal, one per line in logs.
+fn progress_line(line: &str) {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+fn end_progress() {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
 }
 
 /// Window files of `folder` for windows in `[from, to)` that exist now.

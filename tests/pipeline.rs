@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use analytics_processor::config::{Common, Run};
 use analytics_processor::query;
-use analytics_processor::reprocess::{reprocess, ReprocessOpts};
+use analytics_processor::reprocess::{reprocess, ReprocessOpts, Source};
 use analytics_processor::schema::Topics;
 use analytics_processor::sink::store::{OutputStore, S3Options};
 use analytics_processor::source::kafka;
@@ -191,31 +191,54 @@ fn common(topics: &Topics, group: &str, output: &str, s3: &S3Options) -> Common 
     }
 }
 
-/// Runs the daemon on `topics` until they are read and quiet.
-async fn run_daemon(
-    topics: &Topics,
-    group: &str,
-    output: &str,
-    s3: &S3Options,
-) -> analytics_processor::RunSummary {
-    let common = common(topics, group, output, s3);
-    let run = Run {
-        interval: Duration::from_millis(500),
-        max_rows: 7,
+/// The daemon's settings in these tests: `interval` and `max_rows` set the
+/// epoch boundaries; it stops once its input is read and quiet.
+fn run_settings(interval: Duration, max_rows: usize) -> Run {
+    Run {
+        interval,
+        max_rows,
         allowed_lateness: Duration::from_secs(300),
         idle_timeout: Duration::from_secs(30),
         instance_timeout: Duration::from_secs(30),
         lookback: Duration::from_secs(86_400),
         memory_limit: 256 << 20,
         stop_when_idle: Some(Duration::from_secs(4)),
-    };
+    }
+}
+
+/// Runs the daemon with `run` on `topics` until they are read and quiet.
+async fn run_daemon_with(
+    topics: &Topics,
+    group: &str,
+    output: &str,
+    s3: &S3Options,
+    run: Run,
+) -> analytics_processor::RunSummary {
+    let common = common(topics, group, output, s3);
     tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         analytics_processor::run_daemon(common, run, CancellationToken::new()),
     )
     .await
-    .expect("daemon drains within 2 minutes")
+    .expect("daemon drains within 3 minutes")
     .unwrap()
+}
+
+/// Runs the daemon on `topics` in small epochs until they are read and quiet.
+async fn run_daemon(
+    topics: &Topics,
+    group: &str,
+    output: &str,
+    s3: &S3Options,
+) -> analytics_processor::RunSummary {
+    run_daemon_with(
+        topics,
+        group,
+        output,
+        s3,
+        run_settings(Duration::from_millis(500), 7),
+    )
+    .await
 }
 
 async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
@@ -535,6 +558,7 @@ async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get
         dry_run,
         memory_limit: "256MiB".into(),
         lookback_hours: 24.0,
+        source: Source::Raw,
     };
     let settings = common(&topics, &group, output, &s3);
     let dry = reprocess(&settings, &opts(true)).await.unwrap();
@@ -542,19 +566,45 @@ async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get
     assert_eq!(dry.files_written, 0);
     let system = "SELECT * FROM system_metrics_1m ORDER BY window_start";
     assert_eq!(select(&store, system).await, metrics_before);
-    let lock = dir.path().join("out/_finalizer/reprocess.lock");
-    std::fs::write(
-        &lock,
-        format!(
-            r#"{{"from":"x","to":"y","host":"{}","pid":{},"started_ms":0}}"#,
-            analytics_processor::coordination::host_name(),
-            std::process::id()
-        ),
-    )
-    .unwrap();
+    // Locks of other reprocesses: a live one over an overlapping range
+    // refuses this one, a live one elsewhere does not, a dead one is taken over.
+    let locks = dir.path().join("out/_finalizer/reprocess");
+    std::fs::create_dir_all(&locks).unwrap();
+    let host = analytics_processor::coordination::host_name();
+    let write_lock = |name: &str, from: &str, to: &str, pid: u32| {
+        let us = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_micros()
+        };
+        let path = locks.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"from":"{from}","to":"{to}","from_us":{},"to_us":{},"host":"{host}","pid":{pid},"started_ms":0}}"#,
+                us(from),
+                us(to)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let me = std::process::id();
+    let overlapping = write_lock("a.json", "2026-01-01T10:01:00Z", "2026-01-01T10:05:00Z", me);
     let busy = reprocess(&settings, &opts(false)).await.unwrap_err();
     assert!(busy.to_string().contains("another reprocess"), "{busy}");
-    std::fs::remove_file(&lock).unwrap();
+    assert!(busy.to_string().contains("overlaps"), "{busy}");
+    std::fs::remove_file(&overlapping).unwrap();
+    let elsewhere = write_lock("b.json", "2026-01-01T10:02:00Z", "2026-01-01T11:00:00Z", me);
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let dead = write_lock(
+        "c.json",
+        "2026-01-01T09:00:00Z",
+        "2026-01-01T10:30:00Z",
+        dead_pid,
+    );
     let not_final = ReprocessOpts {
         to: "2026-01-01T10:03:00Z".into(),
         ..opts(false)
@@ -563,7 +613,14 @@ async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get
     assert!(e.to_string().contains("not final yet"), "{e}");
     let done = reprocess(&settings, &opts(false)).await.unwrap();
     assert_eq!((done.executions, done.signals), (10, 4));
-    assert!(!lock.exists(), "the lock is released");
+    assert!(!dead.exists(), "a dead reprocess's lock is taken over");
+    assert!(elsewhere.exists(), "a live lock elsewhere is left alone");
+    std::fs::remove_file(&elsewhere).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        0,
+        "the lock is released"
+    );
     assert_eq!(
         select(
             &store,
@@ -643,4 +700,292 @@ async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get
     assert_eq!((done.windows, done.files_deleted), (60, 1));
     assert!(!stray.exists());
     assert_eq!(select(&store, count).await, ["4"]);
+}
+
+/// Every row of every final table (`signals`, `executions_enriched`, each
+/// metric), cells in full precision, sorted: what must not depend on batching.
+async fn final_rows(store: &OutputStore) -> Vec<String> {
+    let sql_dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"));
+    let mut tables = vec!["signals".to_string(), "executions_enriched".to_string()];
+    tables.extend(
+        analytics_processor::metrics::catalog::load(sql_dir)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name),
+    );
+    let mut out = vec![];
+    for t in tables {
+        let batches = query::collect(store, &format!("SELECT * FROM {t}"))
+            .await
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        let mut rows = vec![];
+        for b in &batches {
+            let fmts: Vec<_> = b
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &Default::default()).unwrap())
+                .collect();
+            for i in 0..b.num_rows() {
+                let cells: Vec<String> = fmts.iter().map(|f| f.value(i).to_string()).collect();
+                rows.push(format!("{t}|{}", cells.join("|")));
+            }
+        }
+        assert!(!rows.is_empty(), "{t} has rows");
+        rows.sort();
+        out.extend(rows);
+    }
+    out
+}
+
+/// Files (not folders) under `dir`, recursively; 0 if it does not exist.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+            .sum()
+    })
+}
+
+/// Produces `msgs` in `slices` pieces a second apart, as a live stream would.
+async fn trickle(topics: &Topics, msgs: &[Msg], slices: usize) {
+    for chunk in msgs.chunks(msgs.len().div_ceil(slices)) {
+        produce(topics, chunk).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One generated event set (duplicates, malformed records, executions
+/// before their signals, out of order within the allowed lateness, and some
+/// events held back until their windows are final) gives the same final
+/// rows whether the daemon cuts it into 1 s epochs of 100 messages or 30 s
+/// epochs; its late events are left out of both alike. `reprocess` from
+/// `raw/` and from Kafka then folds them in and both give exactly the rows
+/// of a daemon that got every event in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_boundaries_do_not_change_final_rows_and_reprocess_from_raw_or_kafka_folds_late_events_in(
+) {
+    use analytics_processor::decode::{decode_execution, decode_signal};
+    use analytics_processor::produce::{Generator, ProduceOpts, Role};
+
+    let generated: Vec<_> = Generator::new(ProduceOpts {
+        rate: None,
+        count: None,
+        duration: None,
+        seed: 7,
+        fanout: 8,
+        influencers: 5,
+        subscribers: 40,
+        bad_rate: 0.01,
+        duplicate_rate: 0.03,
+        late_rate: 0.0,
+        signal_after_rate: 0.1,
+        start: Some("2026-01-02T00:00:00Z".into()),
+        signal_gap: 2.0,
+        partitions: 3,
+    })
+    .unwrap()
+    .take(3000)
+    .collect();
+    let msg = |g: &analytics_processor::produce::Generated| Msg {
+        executions: g.role == Role::Execution,
+        key: g.key.clone(),
+        value: Some(g.payload.clone()),
+    };
+    // Every 53rd message is held back until the rest is read: late.
+    let held = |i: usize| i % 53 == 52;
+    let on_time: Vec<Msg> = (0..generated.len())
+        .filter(|i| !held(*i))
+        .map(|i| msg(&generated[i]))
+        .collect();
+    let late: Vec<Msg> = (0..generated.len())
+        .filter(|i| held(*i))
+        .map(|i| msg(&generated[i]))
+        .collect();
+    let valid = |g: &analytics_processor::produce::Generated| match g.role {
+        Role::Signal => decode_signal(Some(&g.payload)).is_ok(),
+        Role::Execution => decode_execution(Some(&g.payload)).is_ok(),
+    };
+    let late_valid = (0..generated.len())
+        .filter(|i| held(*i) && valid(&generated[*i]))
+        .count() as u64;
+
+    // Executions sent before their (valid, on-time) signal.
+    let mut signal_at = std::collections::HashMap::new();
+    for (i, g) in generated.iter().enumerate() {
+        if g.role == Role::Signal && !held(i) {
+            if let Ok(s) = decode_signal(Some(&g.payload)) {
+                signal_at.insert(s.signal_id.to_string(), i);
+            }
+        }
+    }
+    let mut early = std::collections::BTreeSet::new();
+    for (i, g) in generated.iter().enumerate() {
+        if g.role == Role::Execution && !held(i) {
+            if let Ok(e) = decode_execution(Some(&g.payload)) {
+                if signal_at
+                    .get(e.signal_id.as_ref())
+                    .is_some_and(|&at| at > i)
+                {
+                    early.insert(e.execution_id.to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        early.len() >= 10,
+        "the set has executions before their signals"
+    );
+
+    let s3 = S3Options::default();
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (out_a, out_b, out_c) = (out("a"), out("b"), out("c"));
+    let topics = Topics {
+        signals: unique("signals"),
+        executions: unique("executions"),
+    };
+    let (group_a, group_b) = (unique("group-a"), unique("group-b"));
+    let fine = run_settings(Duration::from_secs(1), 100);
+    let coarse = run_settings(Duration::from_secs(30), 1_000_000);
+
+    // A and B read the same live stream side by side, in different epochs.
+    produce(&topics, &on_time[..1]).await;
+    let a = tokio::spawn({
+        let (t, g, o, s) = (topics.clone(), group_a.clone(), out_a.clone(), s3.clone());
+        let run = fine.clone();
+        async move { run_daemon_with(&t, &g, &o, &s, run).await }
+    });
+    let b = tokio::spawn({
+        let (t, g, o, s) = (topics.clone(), group_b.clone(), out_b.clone(), s3.clone());
+        let run = coarse.clone();
+        async move { run_daemon_with(&t, &g, &o, &s, run).await }
+    });
+    trickle(&topics, &on_time[1..], 8).await;
+    let (a1, b1) = (a.await.unwrap(), b.await.unwrap());
+    assert!(
+        a1.epochs >= 3 * b1.epochs.max(1),
+        "epochs differ: {} vs {}",
+        a1.epochs,
+        b1.epochs
+    );
+    assert_eq!((a1.late_events, b1.late_events), (0, 0));
+
+    // The held-back events arrive after their windows are final.
+    produce(&topics, &late).await;
+    let a2 = run_daemon_with(&topics, &group_a, &out_a, &s3, fine.clone()).await;
+    let b2 = run_daemon_with(&topics, &group_b, &out_b, &s3, coarse.clone()).await;
+    assert_eq!(a2.late_events, late_valid);
+    assert_eq!(b2.late_events, late_valid);
+
+    let (store_a, store_b) = (
+        OutputStore::open(&out_a, &s3).unwrap(),
+        OutputStore::open(&out_b, &s3).unwrap(),
+    );
+    let daemon_a = final_rows(&store_a).await;
+    assert_eq!(daemon_a, final_rows(&store_b).await, "1 s vs 30 s epochs");
+
+    // Executions read before their signal are enriched all the same.
+    let unmatched_early = select(
+        &store_a,
+        &format!(
+            "SELECT count(*) FROM executions_enriched WHERE signal_price IS NULL AND execution_id IN ({})",
+            early
+                .iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .await;
+    assert_eq!(unmatched_early, ["0"]);
+    assert_eq!(
+        select(
+            &store_a,
+            &format!(
+                "SELECT count(*) FROM executions_enriched WHERE execution_id IN ({})",
+                early
+                    .iter()
+                    .map(|id| format!("'{id}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        )
+        .await,
+        [early.len().to_string()]
+    );
+
+    // C gets every event in time, in the original order: nothing is late.
+    let topics_c = Topics {
+        signals: unique("signals"),
+        executions: unique("executions"),
+    };
+    let everything: Vec<Msg> = generated.iter().map(msg).collect();
+    produce(&topics_c, &everything).await;
+    let c = run_daemon_with(&topics_c, &unique("group-c"), &out_c, &s3, fine.clone()).await;
+    assert_eq!(c.late_events, 0);
+    let store_c = OutputStore::open(&out_c, &s3).unwrap();
+    let in_time = final_rows(&store_c).await;
+    assert_ne!(daemon_a, in_time, "the late events are left out of A and B");
+
+    // Reprocess the whole range: A from raw/, B from Kafka.
+    let last = select(
+        &store_a,
+        "SELECT CAST(max(t) AS BIGINT) FROM (
+             SELECT max(emitted_at) AS t FROM raw_influencer_signals
+             UNION ALL SELECT max(executed_at) AS t FROM raw_execution_results)",
+    )
+    .await;
+    let last: i64 = last[0].parse().unwrap();
+    let to = chrono::DateTime::from_timestamp_micros(last + 1)
+        .unwrap()
+        .to_rfc3339();
+    let opts = |source| ReprocessOpts {
+        from: "2026-01-02T00:00:00Z".into(),
+        to: to.clone(),
+        metrics: vec![],
+        dry_run: false,
+        memory_limit: "256MiB".into(),
+        lookback_hours: 24.0,
+        source,
+    };
+    let from_raw = reprocess(&common(&topics, &group_a, &out_a, &s3), &opts(Source::Raw))
+        .await
+        .unwrap();
+    let dry = reprocess(
+        &common(&topics, &group_b, &out_b, &s3),
+        &ReprocessOpts {
+            dry_run: true,
+            ..opts(Source::Kafka)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.files_written, 0);
+    assert_eq!(
+        final_rows(&store_b).await,
+        daemon_a,
+        "a dry run writes nothing"
+    );
+    let from_kafka = reprocess(
+        &common(&topics, &group_b, &out_b, &s3),
+        &opts(Source::Kafka),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (from_raw.signals, from_raw.executions, from_raw.raw_events),
+        (
+            from_kafka.signals,
+            from_kafka.executions,
+            from_kafka.raw_events
+        )
+    );
+    assert_eq!(
+        files_under(&dir.path().join("b/_reprocess")),
+        0,
+        "the Kafka scratch folder is emptied"
+    );
+    assert_eq!(final_rows(&store_a).await, in_time, "reprocess from raw/");
+    assert_eq!(final_rows(&store_b).await, in_time, "reprocess from Kafka");
 }

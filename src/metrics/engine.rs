@@ -65,6 +65,8 @@ pub fn finalize_budget(memory_limit: usize) -> u64 {
 /// Runs the finalization of window ranges against one output store.
 pub struct Finalizer {
     store: OutputStore,
+    /// Where the raw tables are read from; the output store unless replaced.
+    raw: OutputStore,
     runtime: Arc<RuntimeEnv>,
     /// How far back a signal may precede its execution and still be joined.
     lookback_us: i64,
@@ -146,10 +148,18 @@ impl Finalizer {
             .with_cache_manager(caches)
             .build_arc()?;
         Ok(Self {
+            raw: store.clone(),
             store,
             runtime,
             lookback_us,
         })
+    }
+
+    /// Reads the raw tables from `raw` instead of the output store (events
+    /// read from Kafka again into a scratch folder); writes stay where they were.
+    pub fn reading_raw_from(mut self, raw: OutputStore) -> Self {
+        self.raw = raw;
+        self
     }
 
     async fn context(&self) -> Result<SessionContext, DataFusionError> {
@@ -160,9 +170,10 @@ impl Finalizer {
         config.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         self.store.register(&ctx);
+        self.raw.register(&ctx);
         for t in tables::fixed_tables() {
             if t.name == RAW_SIGNALS || t.name == RAW_EXECUTIONS {
-                tables::register(&ctx, &self.store, &t).await?;
+                tables::register(&ctx, &self.raw, &t).await?;
             }
         }
         Ok(ctx)

@@ -104,6 +104,24 @@ impl OutputStore {
         })
     }
 
+    /// The store rooted at the folder `rel` of this one (same connection).
+    pub fn sub(&self, rel: &str) -> Self {
+        Self {
+            store: self.store.clone(),
+            root: self.path(rel),
+            store_url: self.store_url.clone(),
+        }
+    }
+
+    /// Deletes every object under the folder `rel`; returns how many.
+    pub async fn delete_all(&self, rel: &str) -> Result<usize, StoreError> {
+        let objects = self.list(rel).await?;
+        for (name, _) in &objects {
+            self.delete(name).await?;
+        }
+        Ok(objects.len())
+    }
+
     /// The object path of `rel` (slash-separated, relative to the root).
     pub fn path(&self, rel: &str) -> Path {
         let mut p = self.root.clone();

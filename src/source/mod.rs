@@ -1,3 +1,4 @@
 //! Reading from Kafka.
 
 pub mod kafka;
+pub mod replay;
