@@ -13,7 +13,7 @@ DEMO_RATE ?= 20000
 DEMO_SECONDS ?= 60
 DEMO_OUTPUT ?= ./data
 
-.PHONY: all build lint test chaos faults backlog instances demo services-up services-down services-status clean
+.PHONY: all build lint test bench chaos faults backlog instances demo services-up services-down services-status clean
 
 all: build
 
@@ -54,6 +54,12 @@ backlog: services-up build
 # instance's (INSTANCES_MESSAGES).
 instances: services-up build
 	$(ENV) && scripts/instances.sh
+
+# Throughput, freshness, memory and reprocess rate against Spark Structured
+# Streaming on the same topics (BENCHMARKS.md); never part of make test.
+# BENCH_MESSAGES, BENCH_FRESH_SECONDS, BENCH_SPARK=0 (ours only).
+bench: services-up build
+	$(ENV) && bench/run.sh
 
 # The full crash test: 1M messages, 20 SIGKILLs, output compared with a clean run.
 chaos: services-up build

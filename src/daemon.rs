@@ -62,6 +62,8 @@ pub enum DaemonError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("query engine: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("a background step of the daemon failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Counts over the daemon's life, returned when it stops.
@@ -169,8 +171,9 @@ struct Daemon {
     store: OutputStore,
     checkpoints: Checkpoints,
     coordinator: Coordinator,
-    finalizer: Finalizer,
-    metrics: Vec<Metric>,
+    /// Shared with the finalization task that runs beside the reading.
+    finalizer: Arc<Finalizer>,
+    metrics: Arc<Vec<Metric>>,
     consumer: Arc<StreamConsumer>,
     buffer: EpochBuffer,
     tracker: WatermarkTracker,
@@ -178,6 +181,8 @@ struct Daemon {
     summary: RunSummary,
     /// When the first message arrived: the start of throughput figures.
     first_message: Option<Instant>,
+    /// When the last message arrived: quiet input is the end of input.
+    last_message: Instant,
     /// Events per window not final yet, committed by this instance since it
     /// started: sizes the finalization chunks (windows read before a restart
     /// count as empty).
@@ -262,12 +267,13 @@ pub async fn run(
         store,
         checkpoints,
         coordinator,
-        finalizer,
-        metrics,
+        finalizer: Arc::new(finalizer),
+        metrics: Arc::new(metrics),
         consumer: Arc::new(consumer),
         progress,
         summary: RunSummary::default(),
         first_message: None,
+        last_message: Instant::now(),
         window_events: BTreeMap::new(),
         owned: BTreeSet::new(),
         resync: BTreeMap::new(),
@@ -300,7 +306,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 impl Daemon {
     async fn main_loop(&mut self, cancel: CancellationToken) -> Result<(), DaemonError> {
         let mut deadline = Instant::now() + self.run.interval;
-        let mut last_message = Instant::now();
+        self.last_message = Instant::now();
         // A handle of its own, so received messages do not borrow `self`.
         let consumer = self.consumer.clone();
         loop {
@@ -311,22 +317,11 @@ impl Daemon {
                     self.epoch(false).await?;
                     return Ok(());
                 }
-                r = tokio::time::timeout(wait, consumer.recv()) => match r {
-                    Ok(Ok(m)) => {
-                        last_message = Instant::now();
-                        self.first_message.get_or_insert(last_message);
-                        let msg = Message {
-                            topic: m.topic(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis(),
-                            key: m.key(),
-                            value: m.payload(),
-                        };
-                        self.handle(&msg, last_message).await?;
+                r = tokio::time::timeout(wait, consumer.recv()) => {
+                    // A timeout only means the epoch deadline came first.
+                    if let Ok(r) = r {
+                        self.receive(r).await?;
                     }
-                    Ok(Err(e)) => warn!(error = %e, "kafka consumer error; retrying"),
-                    Err(_) => {}
                 }
             }
             if self.buffer.rows() >= self.run.max_rows || Instant::now() >= deadline {
@@ -336,7 +331,10 @@ impl Daemon {
             if let Some(idle) = self.run.stop_when_idle {
                 // Quiet is not enough (a broker restart is quiet too): the end
                 // of input is quiet *and* read up to every partition's end.
-                if last_message.elapsed() >= idle && self.caught_up() && self.epoch(true).await? {
+                if self.last_message.elapsed() >= idle
+                    && self.caught_up()
+                    && self.epoch(true).await?
+                {
                     info!(
                         idle_secs = idle.as_secs_f64(),
                         "every partition read to its end and quiet, every window final: stopping"
@@ -345,6 +343,52 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Takes one message (or error) from the consumer.
+    async fn receive(
+        &mut self,
+        r: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    ) -> Result<(), DaemonError> {
+        match r {
+            Ok(m) => {
+                let now = Instant::now();
+                self.last_message = now;
+                self.first_message.get_or_insert(now);
+                let msg = Message {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    key: m.key(),
+                    value: m.payload(),
+                };
+                self.handle(&msg, now).await
+            }
+            Err(e) => {
+                warn!(error = %e, "kafka consumer error; retrying");
+                Ok(())
+            }
+        }
+    }
+
+    /// Awaits `task` while reading on: messages that arrive meanwhile go
+    /// into the current epoch, up to its row limit (the memory budget holds
+    /// a full epoch beside a finalization chunk), so reading and the task's
+    /// work overlap on two cores instead of taking turns.
+    async fn read_while<T>(
+        &mut self,
+        mut task: tokio::task::JoinHandle<T>,
+    ) -> Result<T, DaemonError> {
+        let consumer = self.consumer.clone();
+        while self.buffer.rows() < self.run.max_rows {
+            tokio::select! {
+                biased;
+                done = &mut task => return Ok(done?),
+                r = consumer.recv() => self.receive(r).await?,
+            }
+        }
+        Ok(task.await?)
     }
 
     /// Routes one message: skipped if already on the store, else into the
@@ -743,7 +787,11 @@ impl Daemon {
                 return Ok(());
             }
             let end = chunk_end(start, to, events, budget);
-            let s = self.finalizer.finalize(&self.metrics, start, end).await?;
+            let chunk = {
+                let (finalizer, metrics) = (self.finalizer.clone(), self.metrics.clone());
+                tokio::spawn(async move { finalizer.finalize(&metrics, start, end).await })
+            };
+            let s = self.read_while(chunk).await??;
             self.summary.final_signals += s.signals as u64;
             self.summary.final_executions += s.executions as u64;
             self.summary.metric_rows += s.metric_rows.values().sum::<usize>() as u64;

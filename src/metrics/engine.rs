@@ -16,6 +16,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tracing::{info, warn};
 
 use crate::metrics::catalog::{Metric, INPUT_EXECUTIONS, INPUT_SIGNALS};
+use crate::metrics::dedupe::first_by_kafka_position;
 use crate::schema;
 use crate::sink::parquet::encode;
 use crate::sink::partition::{split_by_bucket, HourPartition};
@@ -61,6 +62,10 @@ const FINALIZE_BYTES_PER_EVENT: usize = 3 * 1024;
 pub fn finalize_budget(memory_limit: usize) -> u64 {
     (memory_limit / 2 / FINALIZE_BYTES_PER_EVENT) as u64
 }
+
+/// The deduplicated inputs of one finalization, as registered in its session.
+const DEDUPED_SIGNALS: &str = "deduped_signals";
+const DEDUPED_EXECUTIONS: &str = "deduped_executions";
 
 /// Runs the finalization of window ranges against one output store.
 pub struct Finalizer {
@@ -114,19 +119,33 @@ fn column_list(schema: &arrow::datatypes::Schema, prefix: &str) -> String {
         .join(", ")
 }
 
-/// Deduplicated rows of `table` with event time in `[from, to)`; among
-/// duplicates the first by Kafka position wins (they carry the same event).
-/// The time bounds compare the column itself (no cast), so Parquet row-group
-/// statistics and the row filter skip what lies outside the range.
-fn dedupe_sql(table: &str, id: &str, time: &str, columns: &str, from: i64, to: i64) -> String {
-    format!(
-        "SELECT {columns} FROM (
-            SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY kafka_partition, kafka_offset) AS rn
-            FROM {table}
-            WHERE {filter} AND {time} >= to_timestamp_micros({from}) AND {time} < to_timestamp_micros({to})
-        ) WHERE rn = 1",
-        filter = partition_filter(from, to)
-    )
+/// `time` in `[from, to)`, as SQL. The bounds compare the column itself (no
+/// cast), so Parquet row-group statistics and the row filter skip what lies
+/// outside the range.
+fn time_range(time: &str, from: i64, to: i64) -> String {
+    format!("{time} >= to_timestamp_micros({from}) AND {time} < to_timestamp_micros({to})")
+}
+
+/// Rows of `table` with event time in `[from, to)`, one per `id` (the first
+/// by Kafka position: duplicates carry the same event).
+async fn read_deduplicated(
+    ctx: &SessionContext,
+    table: &str,
+    id: &str,
+    time: &str,
+    columns: &str,
+    (from, to): (i64, i64),
+) -> Result<MemTable, DataFusionError> {
+    let df = ctx
+        .sql(&format!(
+            "SELECT {columns} FROM {table} WHERE {} AND {}",
+            partition_filter(from, to),
+            time_range(time, from, to)
+        ))
+        .await?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let rows = first_by_kafka_position(&df.collect().await?, id)?;
+    MemTable::try_new(schema, vec![rows])
 }
 
 impl Finalizer {
@@ -200,9 +219,36 @@ impl Finalizer {
             "e.",
         );
 
+        // Signals of the lookback as well: an execution's signal usually came
+        // first. Read once; the range's own signals are a part of them.
+        let lookback = read_deduplicated(
+            &ctx,
+            RAW_SIGNALS,
+            "signal_id",
+            "emitted_at",
+            &column_list(&schema::raw_signals_schema(), ""),
+            (from - self.lookback_us, to),
+        )
+        .await
+        .map_err(q)?;
+        ctx.register_table(DEDUPED_SIGNALS, Arc::new(lookback))
+            .map_err(q)?;
+        let firsts = read_deduplicated(
+            &ctx,
+            RAW_EXECUTIONS,
+            "execution_id",
+            "executed_at",
+            &exe_cols,
+            (from, to),
+        )
+        .await
+        .map_err(q)?;
+        ctx.register_table(DEDUPED_EXECUTIONS, Arc::new(firsts))
+            .map_err(q)?;
+
         let signals_sql = format!(
-            "{} ORDER BY emitted_at, signal_id",
-            dedupe_sql(RAW_SIGNALS, "signal_id", "emitted_at", &sig_cols, from, to)
+            "SELECT {sig_cols} FROM {DEDUPED_SIGNALS} WHERE {} ORDER BY emitted_at, signal_id",
+            time_range("emitted_at", from, to)
         );
         let signals = ctx
             .sql(&signals_sql)
@@ -212,28 +258,16 @@ impl Finalizer {
             .await
             .map_err(q)?;
 
-        // Signals of the lookback as well: an execution's signal usually came first.
-        let lookback_sql = dedupe_sql(
-            RAW_SIGNALS,
-            "signal_id",
-            "emitted_at",
-            "signal_id, price, emitted_at",
-            from - self.lookback_us,
-            to,
-        );
         let executions_sql = format!(
-            "WITH e AS ({raw}), s AS ({lookback})
-             SELECT {exe_contract},
+            "SELECT {exe_contract},
                  s.price AS signal_price,
                  s.emitted_at AS signal_emitted_at,
                  (e.avg_fill_price - s.price) / s.price * 10000.0
                      * CASE WHEN e.side = 'sell' THEN -1.0 ELSE 1.0 END AS slippage_bps,
                  CAST(CAST(e.executed_at AS BIGINT) - CAST(s.emitted_at AS BIGINT) AS DOUBLE) / 1000.0
                      AS signal_to_fill_ms
-             FROM e LEFT JOIN s ON e.signal_id = s.signal_id
-             ORDER BY e.executed_at, e.execution_id",
-            raw = dedupe_sql(RAW_EXECUTIONS, "execution_id", "executed_at", &exe_cols, from, to),
-            lookback = lookback_sql,
+             FROM {DEDUPED_EXECUTIONS} e LEFT JOIN {DEDUPED_SIGNALS} s ON e.signal_id = s.signal_id
+             ORDER BY e.executed_at, e.execution_id"
         );
         let executions = ctx
             .sql(&executions_sql)

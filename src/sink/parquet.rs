@@ -1,21 +1,36 @@
 //! Parquet encoding: writer settings and deterministic file names.
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Schema};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// Columns whose values are (nearly) all distinct: a dictionary only costs
+/// hashing there. Timestamps and floats are left out by type.
+const UNIQUE_COLUMNS: &[&str] = &["execution_id"];
+
+fn writer_properties(schema: &Schema) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        // Level 1: about twice as fast as 3 on these rows, for files a few
+        // percent larger.
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
+            ZstdLevel::try_new(1).expect("valid level"),
         ))
         // Row groups of a few minutes of events: their time statistics let a
         // finalization chunk skip the rest of an hour's files.
-        .set_max_row_group_row_count(Some(32 * 1024))
-        .build()
+        .set_max_row_group_row_count(Some(32 * 1024));
+    for f in schema.fields() {
+        let low_cardinality = matches!(f.data_type(), DataType::Utf8 | DataType::Int32)
+            && !UNIQUE_COLUMNS.contains(&f.name().as_str());
+        if !low_cardinality {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
+        }
+    }
+    b.build()
 }
 
 /// Encodes batches that share a schema into one zstd Parquet file.
@@ -25,7 +40,8 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
         .map(|b| b.schema())
         .ok_or_else(|| ParquetError::General("no batch to encode".into()))?;
     let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(writer_properties()))?;
+    let props = writer_properties(&schema);
+    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
     for b in batches {
         w.write(b)?;
     }
