@@ -3,17 +3,18 @@
 
     freshness.py --root DIR --until-file STOPFILE --out OUT.json
                  [--raw raw/execution_results,raw/influencer_signals]
-                 [--metric metrics/system_metrics_1m] [--window-close-before T]
+                 [--metric metrics/system_metrics_1m]
 
 Watches the folders four times a second and notes when each Parquet file
 first appears (files under hidden or `_` folders, and temporary names, are
 not yet readable and are skipped). It stops once STOPFILE exists, then reads
-the files it saw:
+the files it saw. STOPFILE holds the window cutoff T (epoch seconds), known
+only once the stream has ended:
 
   raw      per row: first seen - its Kafka timestamp (`kafka_timestamp`)
   metric   per window: first seen - window end (`window_start` + 1 minute),
-           for windows ending before --window-close-before (epoch seconds):
-           later ones close only at the end of input, not by the stream
+           for windows ending before T: later ones close only at the end of
+           input, not by the stream
 
 and writes p50/p95/p99/max and counts as JSON. The watcher and the writer
 share one clock (the machine's), so the figures are exact to the polling
@@ -52,8 +53,13 @@ def percentiles(values):
     }
 
 
-def micros(column):
-    return pc.cast(column, "int64").to_pylist()
+PER_SECOND = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+def seconds(column):
+    """Epoch seconds of a timestamp column, whatever its unit."""
+    per = PER_SECOND[column.type.unit]
+    return [None if v is None else v / per for v in pc.cast(column, "int64").to_pylist()]
 
 
 def main():
@@ -63,7 +69,6 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--raw", default="raw/execution_results,raw/influencer_signals")
     ap.add_argument("--metric", default="metrics/system_metrics_1m")
-    ap.add_argument("--window-close-before", type=float, default=float("inf"))
     a = ap.parse_args()
     raw_dirs = [os.path.join(a.root, r) for r in a.raw.split(",")]
     metric_dir = os.path.join(a.root, a.metric)
@@ -77,19 +82,21 @@ def main():
         if os.path.exists(a.until_file):
             break
         time.sleep(POLL_S)
+    with open(a.until_file) as f:
+        close_before = float(f.read().strip() or "inf")
 
     raw_lat, window_seen = [], {}
     for path, at in seen.items():
         try:
             if path.startswith(metric_dir):
                 t = pq.read_table(path, columns=["window_start"])
-                for ws in set(micros(t.column("window_start"))):
-                    end = ws / 1e6 + 60
-                    if end < a.window_close_before:
+                for ws in set(seconds(t.column("window_start"))):
+                    end = ws + 60
+                    if end < close_before:
                         window_seen[end] = min(window_seen.get(end, at), at)
             else:
                 t = pq.read_table(path, columns=["kafka_timestamp"])
-                raw_lat.extend(at - us / 1e6 for us in micros(t.column("kafka_timestamp")) if us)
+                raw_lat.extend(at - ts for ts in seconds(t.column("kafka_timestamp")) if ts)
         except OSError:
             continue  # replaced meanwhile (a retried epoch); its successor counts
     result = {

@@ -1,6 +1,9 @@
--- execution_errors_1m: one row per minute, venue and error code with at least
--- one rejected or failed execution (contracts.md §3). A missing error code is
--- its own key (null).
+-- description: One row per minute, venue and error code with at least
+--   one rejected or failed execution (contracts.md §3). A missing error code is
+--   its own key (null).
+-- keys: window_start, venue, error_code
+-- window: 1 minute
+-- owner: analytics
 SELECT
     date_bin(INTERVAL '1 minute', executed_at) AS window_start,
     venue,

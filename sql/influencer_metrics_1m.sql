@@ -1,5 +1,9 @@
--- influencer_metrics_1m: one row per minute and influencer that has at least
--- one signal or execution in that minute (contracts.md §3).
+-- description: One row per minute and influencer that has at least
+--   one signal or execution in that minute (contracts.md §3).
+-- keys: window_start, influencer_id
+-- window: 1 minute
+-- owner: analytics
+--
 -- Inputs: `signals` and `executions` hold the deduplicated events of the
 -- windows being finalized; `executions` is already joined to its signal.
 -- "Filled" means status filled or partially_filled. Latency percentiles are

@@ -1,5 +1,9 @@
--- subscriber_metrics_1m: one row per minute and subscriber with at least one
--- execution in that minute (contracts.md §3).
+-- description: One row per minute and subscriber with at least one
+--   execution in that minute (contracts.md §3).
+-- keys: window_start, subscriber_id
+-- window: 1 minute
+-- owner: analytics
+--
 -- "Filled" means status filled or partially_filled; slippage is averaged over
 -- filled executions whose signal is known (slippage_bps is null otherwise).
 SELECT

@@ -1,5 +1,9 @@
--- system_metrics_1m: one row per minute with at least one signal or execution
--- (contracts.md §3).
+-- description: One row per minute with at least one signal or execution
+--   (contracts.md §3).
+-- keys: window_start
+-- window: 1 minute
+-- owner: analytics
+--
 -- `filled` counts status filled or partially_filled; `partially_filled` is the
 -- part of it that was only partially filled. Latency percentiles are over
 -- filled executions whose signal is known. `unmatched_executions` counts

@@ -85,8 +85,9 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 pub enum SqlCommand {
-    /// Parse and plan every `sql/*.sql` against the input schemas; exits
-    /// non-zero naming the file on the first error.
+    /// Check every `sql/*.sql`: its header, that it is one SELECT, and that
+    /// it plans against the input schemas and returns its key columns.
+    /// Prints every problem as file:line:column and exits non-zero if any.
     Check {
         #[command(flatten)]
         common: CommonOpts,

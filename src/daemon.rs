@@ -325,8 +325,12 @@ impl Daemon {
                 }
             }
             if self.buffer.rows() >= self.run.max_rows || Instant::now() >= deadline {
+                // The next deadline counts from this epoch's start: what is
+                // read while it writes and finalizes is due one interval
+                // after this point, not one interval after the work ends.
+                let started = Instant::now();
                 self.epoch(false).await?;
-                deadline = Instant::now() + self.run.interval;
+                deadline = started + self.run.interval;
             }
             if let Some(idle) = self.run.stop_when_idle {
                 // Quiet is not enough (a broker restart is quiet too): the end

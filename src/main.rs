@@ -131,9 +131,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             let c = common.or(file.common).resolve();
             let metrics = catalog::load(&c.sql_dir)?;
-            catalog::check(&metrics).await?;
+            let problems = catalog::problems(&metrics).await;
             for m in &metrics {
-                println!("ok  {}", m.path.display());
+                if let (Ok(h), false) = (m.header(), problems.iter().any(|p| p.path == m.path)) {
+                    println!("ok     {}  (keys: {})", m.path.display(), h.keys.join(", "));
+                }
+            }
+            for p in &problems {
+                println!("error  {p}");
+            }
+            if !problems.is_empty() {
+                anyhow::bail!("{} problem(s) in the metric files", problems.len());
             }
         }
     }

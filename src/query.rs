@@ -33,5 +33,9 @@ pub async fn context(store: &OutputStore) -> Result<SessionContext, QueryError> 
 /// Runs `sql` over the outputs of `store`.
 pub async fn collect(store: &OutputStore, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
     let ctx = context(store).await?;
-    Ok(ctx.sql(sql).await?.collect().await?)
+    // Reads only: no COPY, no CREATE EXTERNAL TABLE over other files.
+    let df = ctx
+        .sql_with_options(sql, crate::metrics::catalog::read_only())
+        .await?;
+    Ok(df.collect().await?)
 }

@@ -4,9 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{SessionConfig, SessionContext};
 
+use super::header;
 use crate::schema;
 
 /// Errors loading or checking the catalog; each names the file.
@@ -16,6 +20,19 @@ pub enum CatalogError {
     File { path: PathBuf, reason: String },
     #[error("SQL directory {0}: no *.sql file found")]
     Empty(PathBuf),
+    #[error("{}", problems_text(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn problems_text(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    let files: std::collections::BTreeSet<_> = problems.iter().map(|p| &p.path).collect();
+    format!(
+        "{}\n{} problem(s) in {} metric file(s)",
+        lines.join("\n"),
+        problems.len(),
+        files.len()
+    )
 }
 
 /// One metric: `sql/<name>.sql` writes `metrics/<name>/`.
@@ -24,6 +41,13 @@ pub struct Metric {
     pub name: String,
     pub path: PathBuf,
     pub sql: String,
+}
+
+impl Metric {
+    /// The file's header (description, keys, window, owner).
+    pub fn header(&self) -> Result<header::Header, Vec<header::HeaderProblem>> {
+        header::parse(&self.sql)
+    }
 }
 
 /// Names of the inputs a metric query reads.
@@ -70,8 +94,11 @@ pub fn load(dir: &Path) -> Result<Vec<Metric>, CatalogError> {
 }
 
 /// A session with empty `signals` and `executions` inputs, for planning.
+/// It keeps source positions, so planning errors can name line and column.
 pub fn planning_context() -> SessionContext {
-    let ctx = SessionContext::new();
+    let mut config = SessionConfig::new();
+    config.options_mut().sql_parser.collect_spans = true;
+    let ctx = SessionContext::new_with_config(config);
     crate::metrics::prepare(&ctx);
     let empty = |s: arrow::datatypes::SchemaRef| {
         Arc::new(MemTable::try_new(s, vec![vec![]]).expect("empty table of a valid schema"))
@@ -86,31 +113,300 @@ pub fn planning_context() -> SessionContext {
     ctx
 }
 
-/// Parses and plans every metric; returns the first error with its file.
-pub async fn check(metrics: &[Metric]) -> Result<(), CatalogError> {
-    let ctx = planning_context();
-    for m in metrics {
-        let df = ctx.sql(&m.sql).await.map_err(|e| CatalogError::File {
-            path: m.path.clone(),
-            reason: e.to_string(),
-        })?;
-        let fields = df.schema().fields();
-        if !fields.iter().any(|f| f.name() == "window_start") {
-            return Err(CatalogError::File {
-                path: m.path.clone(),
-                reason: "the query must return a `window_start` column".into(),
-            });
+/// What analyst SQL may do, at check time and at run time: plan a query over
+/// the registered tables. DDL (CREATE EXTERNAL TABLE reads files), DML, COPY
+/// (writes files) and SET are refused by the planner.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// One thing wrong with a metric file, where it is (1-based; 0 when the
+/// planner could not tell).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (0, _) => write!(f, "{}: {}", self.path.display(), self.message),
+            (l, 0) => write!(f, "{}:{l}: {}", self.path.display(), self.message),
+            (l, c) => write!(f, "{}:{l}:{c}: {}", self.path.display(), self.message),
         }
     }
-    Ok(())
+}
+
+/// Checks every metric (header, read-only, plan against the input schemas,
+/// key columns and their types) and returns every problem found.
+pub async fn problems(metrics: &[Metric]) -> Vec<Problem> {
+    let ctx = planning_context();
+    let mut out = Vec::new();
+    for m in metrics {
+        let at = |line: usize, column: usize, message: String| Problem {
+            path: m.path.clone(),
+            line,
+            column,
+            message,
+        };
+        let (header, header_problems) = header::parse_lenient(&m.sql);
+        out.extend(
+            header_problems
+                .into_iter()
+                .map(|p| at(p.line, 1, p.message)),
+        );
+        if let Err((line, column, message)) = single_select(&m.sql) {
+            out.push(at(line, column, message));
+            continue;
+        }
+        let df = match ctx.sql_with_options(&m.sql, read_only()).await {
+            Ok(df) => df,
+            Err(e) => {
+                out.extend(
+                    e.iter()
+                        .map(|e| planning_problem(&m.sql, e))
+                        .map(|(l, c, msg)| at(l, c, msg)),
+                );
+                continue;
+            }
+        };
+        let fields = df.schema().fields();
+        let result = fields
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match fields.iter().find(|f| f.name() == "window_start") {
+            None => out.push(at(
+                select_line(&m.sql),
+                1,
+                format!("the query must return a `window_start` column; it returns: {result}"),
+            )),
+            Some(f) if !matches!(f.data_type(), DataType::Timestamp(_, _)) => out.push(at(
+                select_line(&m.sql),
+                1,
+                format!(
+                    "`window_start` must be a timestamp (date_bin(INTERVAL '1 minute', t)), \
+                     not {}",
+                    f.data_type()
+                ),
+            )),
+            Some(_) => {}
+        }
+        for key in &header.keys {
+            if !fields.iter().any(|f| f.name() == key) {
+                out.push(at(
+                    header_line(&m.sql, "keys"),
+                    1,
+                    format!(
+                        "key column `{key}` is not a column of the result; it returns: {result}"
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Parses and plans every metric; fails with every problem, each naming its
+/// file, line and column.
+pub async fn check(metrics: &[Metric]) -> Result<(), CatalogError> {
+    let problems = problems(metrics).await;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid(problems))
+    }
+}
+
+/// Exactly one statement, and a query: anything else is named and refused
+/// before the planner sees it.
+fn single_select(sql: &str) -> Result<(), (usize, usize, String)> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    let statements = DFParser::parse_sql(sql).map_err(|e| {
+        let msg = e.strip_backtrace();
+        let (line, column) = parser_location(&msg);
+        (line, column, format!("syntax error: {msg}"))
+    })?;
+    if statements.len() != 1 {
+        return Err((
+            0,
+            0,
+            format!(
+                "a metric file holds exactly one SELECT; this one has {} statements",
+                statements.len()
+            ),
+        ));
+    }
+    match &statements[0] {
+        Statement::Statement(s) if matches!(**s, Sql::Query(_)) => Ok(()),
+        other => {
+            let text = other.to_string();
+            let kind: Vec<&str> = text.split_whitespace().take(2).collect();
+            Err((
+                select_line(sql),
+                1,
+                format!(
+                    "only SELECT is allowed in a metric file (metrics read the registered \
+                     tables and write nothing themselves); found `{}`",
+                    kind.join(" ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Line and column of a planning error: the planner's span when it kept one,
+/// else where the unknown name first appears; and a message that suggests
+/// the closest valid column.
+fn planning_problem(sql: &str, e: &DataFusionError) -> (usize, usize, String) {
+    let full = e.strip_backtrace();
+    let mut msg = full
+        .strip_prefix("Error during planning: ")
+        .unwrap_or(&full)
+        .to_string();
+    let span = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .map(|s| (s.start.line as usize, s.start.column as usize));
+    let unknown = msg
+        .split_once("No field named ")
+        .map(|(_, rest)| {
+            rest.split(|c: char| c.is_whitespace() || c == ',')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('.')
+                .trim_matches('"')
+                .to_string()
+        })
+        .filter(|n| !n.is_empty());
+    if let Some(name) = &unknown {
+        let bare = name.rsplit('.').next().unwrap_or(name).trim_matches('"');
+        msg = match closest_column(bare) {
+            Some(c) => format!("unknown column `{name}`; did you mean `{c}`?"),
+            None => format!(
+                "unknown column `{name}` (the columns of `signals` and `executions` are \
+                 listed in sql/README.md)"
+            ),
+        };
+    }
+    let (line, column) = span
+        .or_else(|| unknown.as_deref().and_then(|n| find_word(sql, n)))
+        .unwrap_or((select_line(sql), 0));
+    (line, column, msg)
+}
+
+/// The input column nearest to `name` by edit distance, if near enough to be
+/// a typo.
+fn closest_column(name: &str) -> Option<String> {
+    let columns = schema::signals_schema()
+        .fields()
+        .iter()
+        .chain(schema::executions_enriched_schema().fields().iter())
+        .map(|f| f.name().clone())
+        .collect::<Vec<_>>();
+    let lower = name.to_ascii_lowercase();
+    columns
+        .into_iter()
+        .map(|c| (edit_distance(&lower, &c), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(2))
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over bytes (column names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// First occurrence of `word` as a whole word outside `--` comments.
+fn find_word(sql: &str, word: &str) -> Option<(usize, usize)> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    sql.lines().enumerate().find_map(|(i, line)| {
+        let code = line.split("--").next().unwrap_or("");
+        code.match_indices(word).find_map(|(at, _)| {
+            let before = code[..at].chars().next_back().is_none_or(|c| !is_ident(c));
+            let after = code[at + word.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !is_ident(c));
+            (before && after).then_some((i + 1, at + 1))
+        })
+    })
+}
+
+/// `Line: L, Column: C` of a parser message.
+fn parser_location(msg: &str) -> (usize, usize) {
+    let num = |key: &str| {
+        msg.rsplit_once(key)
+            .and_then(|(_, rest)| {
+                rest.trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    (num("Line:"), num("Column:"))
+}
+
+/// The first line that is neither blank nor a comment: where the query starts.
+fn select_line(sql: &str) -> usize {
+    sql.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with("--")
+        })
+        .map_or(1, |i| i + 1)
+}
+
+/// The line of a header field, else where the query starts.
+fn header_line(sql: &str, field: &str) -> usize {
+    sql.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix("--")
+                .and_then(|c| c.split_once(':'))
+                .is_some_and(|(f, _)| f.trim().eq_ignore_ascii_case(field))
+        })
+        .map_or_else(|| select_line(sql), |i| i + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const HEAD: &str = "-- description: test metric\n-- keys: window_start, subscriber_id\n\
+                        -- window: 1 minute\n-- owner: tests\n";
+
+    /// The problems of one file `m.sql` holding `sql`.
+    async fn problems_of(sql: &str) -> Vec<Problem> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.sql"), sql).unwrap();
+        problems(&load(dir.path()).unwrap()).await
+    }
+
     #[tokio::test]
-    async fn shipped_catalog_plans_and_bad_files_are_named() {
+    async fn shipped_catalog_checks_clean() {
         let shipped = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))).unwrap();
         let names: Vec<_> = shipped.iter().map(|m| m.name.as_str()).collect();
         for n in [
@@ -121,25 +417,128 @@ mod tests {
         ] {
             assert!(names.contains(&n), "{names:?}");
         }
+        assert_eq!(problems(&shipped).await, []);
         check(&shipped).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unknown_column_is_located_with_the_closest_name() {
+        let sql = format!(
+            "{HEAD}SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start,\n\
+             \x20      subscriber_id, sum(filed_qty) AS q\nFROM executions GROUP BY 1, 2"
+        );
+        let p = problems_of(&sql).await;
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].line, p[0].column), (6, 27), "{p:?}");
+        assert!(p[0].message.contains("did you mean `filled_qty`"), "{p:?}");
+        assert!(p[0]
+            .to_string()
+            .starts_with(&format!("{}:6:27: ", p[0].path.display())));
+    }
+
+    #[tokio::test]
+    async fn header_key_and_type_problems_are_all_reported() {
+        let sql = "-- description: x\n-- keys: window_start, venue\n-- owner: o\n\
+                   SELECT 'a' AS window_start FROM executions";
+        let p = problems_of(sql).await;
+        let msgs: Vec<_> = p.iter().map(|p| (p.line, p.message.as_str())).collect();
+        assert_eq!(p.len(), 3, "{msgs:?}");
+        assert!(msgs[0].1.contains("no `window`"), "{msgs:?}");
+        assert!(msgs[1].1.contains("must be a timestamp"), "{msgs:?}");
+        assert_eq!(msgs[2].0, 2, "{msgs:?}");
+        assert!(msgs[2].1.contains("key column `venue`"), "{msgs:?}");
 
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("bad.sql"),
-            "SELECT\n  nope_column\nFROM executions",
-        )
-        .unwrap();
-        let bad = load(dir.path()).unwrap();
-        let e = check(&bad).await.unwrap_err().to_string();
-        assert!(e.contains("bad.sql") && e.contains("nope_column"), "{e}");
-
-        std::fs::write(dir.path().join("bad.sql"), "SELECT 1 AS x FROM executions").unwrap();
+        std::fs::write(dir.path().join("a.sql"), "SELECT 1").unwrap();
+        std::fs::write(dir.path().join("b.sql"), "SELEC 1").unwrap();
         let e = check(&load(dir.path()).unwrap())
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("window_start"), "{e}");
+        assert!(
+            e.contains("a.sql:") && e.contains("b.sql:1:1: syntax error"),
+            "{e}"
+        );
+        assert!(e.contains("in 2 metric file(s)"), "{e}");
+    }
 
+    #[tokio::test]
+    async fn only_one_select_is_allowed() {
+        for (sql, word) in [
+            (
+                "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc'",
+                "CREATE EXTERNAL",
+            ),
+            ("COPY (SELECT 1) TO '/tmp/x.parquet'", "COPY"),
+            (
+                "INSERT INTO executions SELECT * FROM executions",
+                "INSERT INTO",
+            ),
+            ("DROP TABLE executions", "DROP TABLE"),
+            ("SET datafusion.execution.batch_size = 1", "SET"),
+        ] {
+            let p = problems_of(&format!("{HEAD}{sql}")).await;
+            assert_eq!(p.len(), 1, "{sql}: {p:?}");
+            assert_eq!(p[0].line, 5, "{sql}: {p:?}");
+            assert!(
+                p[0].message.contains("only SELECT") && p[0].message.contains(word),
+                "{sql}: {p:?}"
+            );
+        }
+        let p = problems_of(&format!("{HEAD}SELECT 1; SELECT 2")).await;
+        assert!(p[0].message.contains("2 statements"), "{p:?}");
+        // A table that is not registered cannot be reached, a file neither.
+        let p = problems_of(&format!(
+            "{HEAD}SELECT now() AS window_start, 'x' AS subscriber_id FROM '/etc/passwd'"
+        ))
+        .await;
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("/etc/passwd"), "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn run_time_options_refuse_writes_and_file_reads() {
+        // What the engine and `query` plan with, should a file skip the check.
+        let ctx = planning_context();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.csv");
+        for sql in [
+            format!("COPY (SELECT 1) TO '{}'", target.display()),
+            format!(
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}'",
+                dir.path().display()
+            ),
+            "INSERT INTO executions SELECT * FROM executions".to_string(),
+        ] {
+            let e = ctx.sql_with_options(&sql, read_only()).await;
+            assert!(e.is_err(), "{sql} was planned");
+        }
+        assert!(!target.exists());
+        assert!(ctx
+            .sql_with_options("SELECT count(*) FROM executions", read_only())
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn edit_distance_and_words() {
+        assert_eq!(edit_distance("filed_qty", "filled_qty"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(
+            closest_column("SUBSCRIBER_ID").as_deref(),
+            Some("subscriber_id")
+        );
+        assert_eq!(closest_column("completely_else"), None);
+        assert_eq!(find_word("-- x\nSELECT ax, x FROM t", "x"), Some((2, 12)));
+        assert_eq!(
+            parser_location("Expected: x at Line: 3, Column: 14"),
+            (3, 14)
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_file_names_and_empty_folders() {
+        let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Bad-Name.sql"), "SELECT 1").unwrap();
         assert!(load(dir.path())
             .unwrap_err()

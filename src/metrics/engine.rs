@@ -313,7 +313,10 @@ impl Finalizer {
         )
         .map_err(q)?;
         for m in metrics {
-            let rows = match mctx.sql(&m.sql).await {
+            let rows = match mctx
+                .sql_with_options(&m.sql, crate::metrics::catalog::read_only())
+                .await
+            {
                 Ok(df) => df.collect().await,
                 Err(e) => Err(e),
             };
