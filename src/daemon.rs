@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message as _, Offset};
+use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -183,6 +183,9 @@ struct Daemon {
     first_message: Option<Instant>,
     /// When the last message arrived: quiet input is the end of input.
     last_message: Instant,
+    /// Time spent reading during the current epoch's work (`read_while`),
+    /// the rest of which the partitions' idle clocks do not count.
+    reading: Duration,
     /// Events per window not final yet, committed by this instance since it
     /// started: sizes the finalization chunks (windows read before a restart
     /// count as empty).
@@ -274,6 +277,7 @@ pub async fn run(
         summary: RunSummary::default(),
         first_message: None,
         last_message: Instant::now(),
+        reading: Duration::ZERO,
         window_events: BTreeMap::new(),
         owned: BTreeSet::new(),
         resync: BTreeMap::new(),
@@ -325,12 +329,14 @@ impl Daemon {
                 }
             }
             if self.buffer.rows() >= self.run.max_rows || Instant::now() >= deadline {
-                // The next deadline counts from this epoch's start: what is
-                // read while it writes and finalizes is due one interval
-                // after this point, not one interval after the work ends.
                 let started = Instant::now();
+                self.reading = Duration::ZERO;
                 self.epoch(false).await?;
-                deadline = started + self.run.interval;
+                // A whole interval of reading follows every epoch, however
+                // long the epoch's work took.
+                deadline = Instant::now() + self.run.interval;
+                let away = started.elapsed().saturating_sub(self.reading);
+                self.tracker.pause(away, Instant::now());
             }
             if let Some(idle) = self.run.stop_when_idle {
                 // Quiet is not enough (a broker restart is quiet too): the end
@@ -359,15 +365,7 @@ impl Daemon {
                 let now = Instant::now();
                 self.last_message = now;
                 self.first_message.get_or_insert(now);
-                let msg = Message {
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    key: m.key(),
-                    value: m.payload(),
-                };
-                self.handle(&msg, now).await
+                self.handle(&kafka::message(&m), now).await
             }
             Err(e) => {
                 warn!(error = %e, "kafka consumer error; retrying");
@@ -385,13 +383,25 @@ impl Daemon {
         mut task: tokio::task::JoinHandle<T>,
     ) -> Result<T, DaemonError> {
         let consumer = self.consumer.clone();
+        let started = Instant::now();
         while self.buffer.rows() < self.run.max_rows {
-            tokio::select! {
+            let received = tokio::select! {
                 biased;
-                done = &mut task => return Ok(done?),
-                r = consumer.recv() => self.receive(r).await?,
+                done = &mut task => {
+                    self.reading += started.elapsed();
+                    return Ok(done?);
+                }
+                r = consumer.recv() => self.receive(r).await,
+            };
+            if let Err(e) = received {
+                // Never leave the task running on its own: it would race the
+                // retry of its own chunk.
+                let _ = task.await;
+                return Err(e);
             }
         }
+        // The epoch is full: from here on nothing is read.
+        self.reading += started.elapsed();
         Ok(task.await?)
     }
 

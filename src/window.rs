@@ -82,6 +82,16 @@ impl WatermarkTracker {
         }
     }
 
+    /// The daemon was busy for `away` without reading (writing, finalizing,
+    /// waiting for the store): partitions' idle clocks stand still for that
+    /// time, so the daemon's own stall never makes them idle, while a
+    /// partition quiet during reading still becomes idle on time.
+    pub fn pause(&mut self, away: Duration, now: Instant) {
+        for p in self.partitions.values_mut() {
+            p.last_seen = (p.last_seen + away).min(now);
+        }
+    }
+
     /// Forgets partitions this instance no longer owns.
     pub fn retain(&mut self, keep: impl Fn(&str, i32) -> bool) {
         self.partitions.retain(|(t, p), _| keep(t, *p));
@@ -256,6 +266,24 @@ mod tests {
         assert_eq!(w.watermark(t0 + Duration::from_secs(101)), Some(10));
         w.retain(|_, p| p != 0);
         assert_eq!(w.watermark(t0 + Duration::from_secs(101)), Some(1_000));
+    }
+
+    #[test]
+    fn the_daemons_own_stalls_do_not_make_partitions_idle() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = WatermarkTracker::new(Duration::ZERO, s(30));
+        w.observe("a", 0, 10, t0);
+        w.observe("a", 1, 1_000, t0);
+        // 60 s away (a finalization waiting for the store), then 5 s reading:
+        // partition 0 has been quiet for 5 s of reading only.
+        w.pause(s(60), t0 + s(60));
+        assert_eq!(w.watermark(t0 + s(65)), Some(10));
+        // Quiet for 31 s of reading: idle as usual.
+        assert_eq!(w.watermark(t0 + s(91)), Some(1_000));
+        // A pause never moves a partition past the present.
+        w.pause(s(1_000), t0 + s(100));
+        assert_eq!(w.watermark(t0 + s(129)), Some(10));
     }
 
     #[test]

@@ -12,7 +12,19 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::ThreadedProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::buffer::OffsetRanges;
+use crate::buffer::{Message, OffsetRanges};
+
+/// The parts of a Kafka message the pipeline takes, borrowed from it.
+pub fn message<M: rdkafka::Message>(m: &M) -> Message<'_> {
+    Message {
+        topic: m.topic(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key(),
+        value: m.payload(),
+    }
+}
 
 /// A consumer of both topics in `group`, committing offsets only when told.
 /// `memory_limit` caps librdkafka's prefetch queue at a sixteenth of it (the

@@ -13,7 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::buffer::{EpochBatches, EpochBuffer, Message};
+use crate::buffer::{EpochBatches, EpochBuffer};
 use crate::config::Common;
 use crate::coordination::now_ms;
 use crate::metrics::engine::{plan_partitioned, write_planned, EngineError, FileNaming};
@@ -243,17 +243,7 @@ pub async fn replay(
             continue; // a partition already read to its end
         };
         if m.offset() < open[i].end {
-            buffer.push(
-                &Message {
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    key: m.key(),
-                    value: m.payload(),
-                },
-                now_ms() * 1000,
-            );
+            buffer.push(&super::kafka::message(&m), now_ms() * 1000);
             summary.messages += 1;
         }
         if m.offset() + 1 >= open[i].end {
