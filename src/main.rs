@@ -162,8 +162,40 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each cause left out when the text
+/// before it already says it (DataFusion repeats its sources in its message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn causes_are_said_once() {
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(io).context("writing out/x.parquet");
+        assert_eq!(describe(&e), "writing out/x.parquet: disk full");
+        let e = anyhow::anyhow!("planning: No field named nope")
+            .context("planning: No field named nope");
+        assert_eq!(describe(&e), "planning: No field named nope");
     }
 }

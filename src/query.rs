@@ -11,7 +11,7 @@ use crate::tables::{self, Table};
 pub enum QueryError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sql(#[from] DataFusionError),
 }
 
