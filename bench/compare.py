@@ -4,8 +4,8 @@
     compare.py OURS_ROOT OTHER_ROOT [metric ...]
 
 For each metric (default: system_metrics_1m subscriber_metrics_1m), reads
-every Parquet file under <root>/metrics/<metric>, keys rows by the columns
-the metric is grouped by, and compares every column both sides have:
+every Parquet file under <root>/metrics/<metric>, keys rows by the `keys`
+of the metric file's header, and compares every column both sides have:
 integers and strings exactly, floats to a relative 1e-9 (the two engines sum
 in different orders). Prints a line per metric; exits 1 on any difference.
 """
@@ -15,12 +15,19 @@ import sys
 
 import pyarrow.dataset as ds
 
-KEYS = {
-    "system_metrics_1m": ["window_start"],
-    "subscriber_metrics_1m": ["window_start", "subscriber_id"],
-    "influencer_metrics_1m": ["window_start", "influencer_id"],
-    "execution_errors_1m": ["window_start", "venue", "error_code"],
-}
+SQL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sql")
+
+
+def keys_of(metric):
+    """The `-- keys:` line of the metric's header (sql/README.md)."""
+    with open(os.path.join(SQL_DIR, metric + ".sql")) as f:
+        for line in f:
+            if not line.startswith("--"):
+                break
+            field, _, value = line[2:].partition(":")
+            if field.strip() == "keys":
+                return [k.strip() for k in value.split(",") if k.strip()]
+    raise SystemExit(f"sql/{metric}.sql: no `-- keys:` in its header")
 
 
 def rows(root, metric):
@@ -33,7 +40,7 @@ def rows(root, metric):
         if f.endswith(".parquet") and not f.startswith(("_", "."))
     ]
     table = ds.dataset(files, format="parquet").to_table()
-    keys = KEYS[metric]
+    keys = keys_of(metric)
     out = {}
     for r in table.to_pylist():
         r.pop("dt", None)

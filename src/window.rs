@@ -281,9 +281,11 @@ mod tests {
         assert_eq!(w.watermark(t0 + s(65)), Some(10));
         // Quiet for 31 s of reading: idle as usual.
         assert_eq!(w.watermark(t0 + s(91)), Some(1_000));
-        // A pause never moves a partition past the present.
+        // A pause never moves a partition past the present: idle again 30 s
+        // after it.
         w.pause(s(1_000), t0 + s(100));
         assert_eq!(w.watermark(t0 + s(129)), Some(10));
+        assert_eq!(w.watermark(t0 + s(131)), Some(1_000));
     }
 
     #[test]

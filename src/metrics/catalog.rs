@@ -202,7 +202,7 @@ pub async fn problems(metrics: &[Metric]) -> Vec<Problem> {
         for key in &header.keys {
             if !fields.iter().any(|f| f.name() == key) {
                 out.push(at(
-                    header_line(&m.sql, "keys"),
+                    header.keys_line,
                     1,
                     format!(
                         "key column `{key}` is not a column of the result; it returns: {result}"
@@ -377,18 +377,6 @@ fn select_line(sql: &str) -> usize {
             !t.is_empty() && !t.starts_with("--")
         })
         .map_or(1, |i| i + 1)
-}
-
-/// The line of a header field, else where the query starts.
-fn header_line(sql: &str, field: &str) -> usize {
-    sql.lines()
-        .position(|l| {
-            l.trim_start()
-                .strip_prefix("--")
-                .and_then(|c| c.split_once(':'))
-                .is_some_and(|(f, _)| f.trim().eq_ignore_ascii_case(field))
-        })
-        .map_or_else(|| select_line(sql), |i| i + 1)
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub struct Header {
     pub description: String,
     /// Columns that identify a row of the metric; `window_start` first.
     pub keys: Vec<String>,
+    /// The line of `keys` (1-based; 0 when missing), for messages about them.
+    pub keys_line: usize,
     pub window: String,
     pub owner: String,
 }
@@ -121,6 +123,7 @@ pub fn parse_lenient(sql: &str) -> (Header, Vec<HeaderProblem>) {
     let header = Header {
         description: value(0).1,
         keys,
+        keys_line,
         window: WINDOW.to_string(),
         owner: value(3).1,
     };
@@ -162,6 +165,7 @@ mod tests {
         let h = parse(GOOD).unwrap();
         assert_eq!(h.description, "One row per minute. Continued here.");
         assert_eq!(h.keys, ["window_start", "subscriber_id"]);
+        assert_eq!(h.keys_line, 4);
         assert_eq!(h.window, "1 minute");
         assert_eq!(h.owner, "risk");
         let h = parse(&GOOD.replace("1 minute", "1m")).unwrap();
