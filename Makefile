@@ -34,6 +34,8 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 test: services-up lint build
+	$(BIN) sql check
+	$(BIN) sql test
 	$(ENV) && scripts/outside_readers.sh
 	$(ENV) && CHAOS_MESSAGES=300000 CHAOS_KILLS=5 scripts/chaos.sh
 	$(ENV) && scripts/faults.sh

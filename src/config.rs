@@ -92,6 +92,24 @@ pub enum SqlCommand {
         #[command(flatten)]
         common: CommonOpts,
     },
+    /// Run every metric over its test events (`fixtures/<metric>/input.jsonl`)
+    /// the way the daemon would: validation, epochs, watermark, late events,
+    /// deduplication; compare its rows with `fixtures/<metric>/expected.csv`
+    /// and show the difference. Each input must hold at least one malformed,
+    /// one duplicated and one late event. Exits non-zero on any failure.
+    Test {
+        #[command(flatten)]
+        common: CommonOpts,
+        /// Folder holding one sub-folder per metric.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Write the rows the metrics return as the expected ones (review the
+        /// change with `git diff` before committing it).
+        #[arg(long)]
+        bless: bool,
+        /// Only these metrics (file names without `.sql`) [default: all].
+        metrics: Vec<String>,
+    },
 }
 
 /// Options shared by the commands. Unset options fall back to the config file,

@@ -5,15 +5,23 @@ use std::process::ExitCode;
 
 use analytics_processor::config::{Cli, Command, CommonOpts, FileConfig, Format, SqlCommand};
 use analytics_processor::{
-    metrics::catalog, produce, query, reprocess, run_daemon, sink::store::OutputStore,
+    metrics::{catalog, fixture},
+    produce, query, reprocess, run_daemon,
+    sink::store::OutputStore,
 };
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,datafusion=warn,rdkafka=warn".into());
+/// Logs go to stderr; `sql` commands report on stdout and log warnings only.
+fn init_logging(json: bool, quiet: bool) {
+    let default = if quiet {
+        "warn"
+    } else {
+        "info,datafusion=warn,rdkafka=warn"
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -144,13 +152,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{} problem(s) in the metric files", problems.len());
             }
         }
+        Command::Sql {
+            command:
+                SqlCommand::Test {
+                    common,
+                    fixtures,
+                    bless,
+                    metrics,
+                },
+        } => {
+            let c = common.or(file.common).resolve();
+            let catalog = catalog::load(&c.sql_dir)?;
+            catalog::check(&catalog).await?;
+            let failed =
+                fixture::test_catalog(&catalog, &fixtures, bless, &metrics, &mut std::io::stdout())
+                    .await?;
+            if failed > 0 {
+                anyhow::bail!("{failed} metric test(s) failed");
+            }
+        }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    init_logging(cli.log_json, matches!(cli.command, Command::Sql { .. }));
     // Few blocking threads: each keeps its own allocator cache, and local
     // file I/O gains nothing from more of them.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod dedupe;
 pub mod engine;
+pub mod fixture;
 pub mod header;
 pub mod rewrite;
 pub mod udf;
