@@ -69,6 +69,21 @@ pub enum Command {
         /// (hours whose windows are all final).
         sql: String,
     },
+    /// Print the statements that make every output table (raw, final,
+    /// metrics, dead letters, late events, completeness) queryable in a
+    /// warehouse engine over the configured output location, with the `dt`
+    /// and `hour` partition columns and the column types of that engine.
+    Ddl {
+        #[command(flatten)]
+        common: CommonOpts,
+        /// The engine: duckdb, clickhouse, trino, athena, bigquery, snowflake.
+        #[arg(long, value_enum)]
+        dialect: crate::ddl::Dialect,
+        /// Schema (BigQuery: dataset) the tables are created in, for trino,
+        /// athena, bigquery and snowflake.
+        #[arg(long, default_value = "analytics")]
+        schema: String,
+    },
     /// Work with the metric SQL files.
     Sql {
         #[command(subcommand)]

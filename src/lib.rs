@@ -6,7 +6,7 @@
 //! epoch of Arrow columns and its offsets) -> `sink` (partitioned Parquet on
 //! an object store) -> `checkpoint` (epoch records) -> `window` (watermarks)
 //! -> `metrics` (the `sql/` catalog run by DataFusion). `daemon` drives them;
-//! `query` reads the outputs back; `produce` makes synthetic input.
+//! `query` reads the outputs back, `ddl` describes them to warehouses; `produce` makes synthetic input.
 
 pub mod buffer;
 pub mod checkpoint;
@@ -14,6 +14,7 @@ pub mod completeness;
 pub mod config;
 pub mod coordination;
 pub mod daemon;
+pub mod ddl;
 pub mod decode;
 pub mod late;
 pub mod metrics;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use analytics_processor::config::{Cli, Command, CommonOpts, FileConfig, Format, SqlCommand};
 use analytics_processor::{
+    ddl,
     metrics::{catalog, fixture},
     produce, query, reprocess, run_daemon,
     sink::store::OutputStore,
@@ -133,6 +134,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     w.finish()?;
                 }
             }
+        }
+        Command::Ddl {
+            common,
+            dialect,
+            schema,
+        } => {
+            let c = common.or(file.common).resolve();
+            let metrics = catalog::load(&c.sql_dir)?;
+            catalog::check(&metrics).await?;
+            let store = OutputStore::open(&c.output, &c.s3)?;
+            let tables = analytics_processor::tables::definitions(&store, &metrics).await?;
+            let root = ddl::Root {
+                location: store.local_dir().unwrap_or_else(|| store.root_url()),
+                endpoint: c.s3.endpoint.clone(),
+            };
+            print!("{}", ddl::statements(dialect, &root, &schema, &tables)?);
         }
         Command::Sql {
             command: SqlCommand::Check { common },

@@ -134,7 +134,16 @@ pub async fn register(ctx: &SessionContext, store: &OutputStore, table: &Table) 
         None => {
             let state = ctx.state();
             match options.infer_schema(&state, &config.table_paths[0]).await {
-                Ok(s) if !s.fields().is_empty() => config.with_schema(s),
+                // Every column nullable: a column a metric added later is
+                // missing (null) in its older files.
+                Ok(s) if !s.fields().is_empty() => {
+                    config.with_schema(Arc::new(arrow::datatypes::Schema::new(
+                        s.fields()
+                            .iter()
+                            .map(|f| f.as_ref().clone().with_nullable(true))
+                            .collect::<Vec<_>>(),
+                    )))
+                }
                 _ => return Ok(false),
             }
         }
@@ -142,4 +151,42 @@ pub async fn register(ctx: &SessionContext, store: &OutputStore, table: &Table) 
     ctx.deregister_table(&table.name)?;
     ctx.register_table(&table.name, Arc::new(ListingTable::try_new(config)?))?;
     Ok(true)
+}
+
+/// Every output table as `ddl` describes it: the fixed tables and one per
+/// metric of the catalog, with the schema its files have and whether any
+/// file exists yet.
+pub async fn definitions(
+    store: &OutputStore,
+    metrics: &[crate::metrics::catalog::Metric],
+) -> Result<Vec<crate::ddl::TableDef>> {
+    let mut tables: Vec<(Table, arrow::datatypes::Schema)> = fixed_tables()
+        .into_iter()
+        .map(|t| {
+            let s = t
+                .schema
+                .as_deref()
+                .cloned()
+                .expect("fixed tables have a schema");
+            (t, s)
+        })
+        .collect();
+    for m in metrics {
+        let schema = crate::metrics::catalog::output_schema(m).await?;
+        tables.push((Table::metric(&m.name), schema));
+    }
+    let mut out = Vec::with_capacity(tables.len());
+    for (t, schema) in tables {
+        let files = store
+            .list(&t.folder)
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        out.push(crate::ddl::TableDef {
+            has_files: files.iter().any(|(name, _)| name.ends_with(".parquet")),
+            name: t.name,
+            folder: t.folder,
+            schema,
+        });
+    }
+    Ok(out)
 }

@@ -214,6 +214,14 @@ pub async fn problems(metrics: &[Metric]) -> Vec<Problem> {
     out
 }
 
+/// The schema of the files `metric` writes (planned against empty inputs).
+pub async fn output_schema(metric: &Metric) -> Result<arrow::datatypes::Schema, DataFusionError> {
+    let df = planning_context()
+        .sql_with_options(&metric.sql, read_only())
+        .await?;
+    Ok(super::engine::output_schema(df.schema().as_arrow()))
+}
+
 /// Parses and plans every metric; fails with every problem, each naming its
 /// file, line and column.
 pub async fn check(metrics: &[Metric]) -> Result<(), CatalogError> {

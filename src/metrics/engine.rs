@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::error::ArrowError;
 use chrono::DateTime;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -320,7 +322,7 @@ impl Finalizer {
                 Ok(df) => df.collect().await,
                 Err(e) => Err(e),
             };
-            match rows {
+            match rows.and_then(|r| to_output(&r).map_err(DataFusionError::from)) {
                 Ok(rows) => {
                     summary
                         .metric_rows
@@ -358,6 +360,47 @@ impl Finalizer {
         )
         .await
     }
+}
+
+/// A metric column as written: timestamps in microseconds, UTC (the unit of
+/// the raw tables; Athena, BigQuery and Snowflake read no nanoseconds, and
+/// `date_bin` returns them).
+pub fn output_field(f: &Field) -> Field {
+    match f.data_type() {
+        DataType::Timestamp(_, _) => f.clone().with_data_type(DataType::Timestamp(
+            TimeUnit::Microsecond,
+            Some("UTC".into()),
+        )),
+        _ => f.clone(),
+    }
+}
+
+/// The schema of a metric's files, from the schema of its query.
+pub fn output_schema(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| output_field(f))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Metric rows in their [`output_schema`].
+fn to_output(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
+    batches
+        .iter()
+        .map(|b| {
+            let schema = Arc::new(output_schema(&b.schema()));
+            let columns = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(schema, columns)
+        })
+        .collect()
 }
 
 /// How the files of one write are cut and named.

@@ -253,6 +253,11 @@ impl OutputStore {
     pub fn root_url(&self) -> String {
         format!("{}{}", self.store_url, self.root)
     }
+
+    /// The root as an absolute path, for a local output.
+    pub fn local_dir(&self) -> Option<String> {
+        (self.store_url.scheme() == "file").then(|| format!("/{}", self.root))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,494 @@
+//! `ddl --dialect D`: the statements that make every output table queryable
+//! in a warehouse engine, over the configured output location. Pure text
+//! generation from the tables' schemas; nothing here touches the store.
+
+use arrow::datatypes::{DataType, Schema, TimeUnit};
+
+/// The engines `ddl` writes statements for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dialect {
+    /// Views over `read_parquet` (DuckDB has no external tables).
+    Duckdb,
+    /// Views over the `file()` / `s3()` table functions.
+    Clickhouse,
+    /// Hive connector tables with `external_location`.
+    Trino,
+    /// Hive DDL (`CREATE EXTERNAL TABLE … PARTITIONED BY`), as Athena takes it.
+    Athena,
+    /// External tables with Hive partitioning.
+    Bigquery,
+    /// A stage and external tables partitioned by path.
+    Snowflake,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DdlError {
+    #[error("table {table}, column {column}: type {data_type} has no {dialect:?} equivalent")]
+    Type {
+        table: String,
+        column: String,
+        data_type: DataType,
+        dialect: Dialect,
+    },
+}
+
+/// One output table: its SQL name, its folder under the output root, its
+/// columns (without the partition columns), and whether files exist yet.
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    pub name: String,
+    pub folder: String,
+    pub schema: Schema,
+    pub has_files: bool,
+}
+
+/// Where the output root is, as each engine needs to be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// `/abs/dir` for a local output, `s3://bucket/prefix` for S3.
+    pub location: String,
+    /// The S3 endpoint of an S3-compatible server (`http://host:port`).
+    pub endpoint: Option<String>,
+}
+
+impl Root {
+    fn is_s3(&self) -> bool {
+        self.location.starts_with("s3://")
+    }
+
+    fn folder(&self, folder: &str) -> String {
+        format!("{}/{folder}", self.location.trim_end_matches('/'))
+    }
+
+    /// An HTTP URL for engines that address S3 by URL (ClickHouse).
+    fn http_folder(&self, folder: &str) -> String {
+        let path = self.folder(folder);
+        match (path.strip_prefix("s3://"), &self.endpoint) {
+            (Some(rest), Some(endpoint)) => format!("{}/{rest}", endpoint.trim_end_matches('/')),
+            (Some(rest), None) => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                format!("https://{bucket}.s3.amazonaws.com/{key}")
+            }
+            (None, _) => path,
+        }
+    }
+}
+
+/// The partition columns every table has, from the `dt=…/hour=…` folders.
+pub const PARTITION_COLUMNS: [&str; 2] = ["dt", "hour"];
+
+/// Files of a table: `<folder>/dt=…/hour=…/*.parquet`.
+const FILES: &str = "*/*/*.parquet";
+
+/// The column type of `t` in `dialect`.
+fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
+    use DataType::*;
+    let utc_micros =
+        matches!(t, Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC");
+    let t = match t {
+        Dictionary(_, v) => v.as_ref(),
+        t => t,
+    };
+    let i = match t {
+        Utf8 | LargeUtf8 | Utf8View => 0,
+        Int32 => 1,
+        Int64 => 2,
+        UInt64 => 3,
+        Float64 => 4,
+        Boolean => 5,
+        Binary | LargeBinary | BinaryView => 6,
+        Timestamp(_, _) if utc_micros => 7,
+        _ => return None,
+    };
+    // string, int32, int64, uint64, float64, bool, binary, timestamp µs UTC
+    let names: [&str; 8] = match dialect {
+        Dialect::Duckdb => [
+            "VARCHAR",
+            "INTEGER",
+            "BIGINT",
+            "UBIGINT",
+            "DOUBLE",
+            "BOOLEAN",
+            "BLOB",
+            "TIMESTAMPTZ",
+        ],
+        Dialect::Clickhouse => [
+            "Nullable(String)",
+            "Nullable(Int32)",
+            "Nullable(Int64)",
+            "Nullable(UInt64)",
+            "Nullable(Float64)",
+            "Nullable(Bool)",
+            "Nullable(String)",
+            "Nullable(DateTime64(6, 'UTC'))",
+        ],
+        Dialect::Trino => [
+            "varchar",
+            "integer",
+            "bigint",
+            "bigint",
+            "double",
+            "boolean",
+            "varbinary",
+            "timestamp(6) with time zone",
+        ],
+        Dialect::Athena => [
+            "string",
+            "int",
+            "bigint",
+            "bigint",
+            "double",
+            "boolean",
+            "binary",
+            "timestamp",
+        ],
+        Dialect::Bigquery => [
+            "STRING",
+            "INT64",
+            "INT64",
+            "INT64",
+            "FLOAT64",
+            "BOOL",
+            "BYTES",
+            "TIMESTAMP",
+        ],
+        Dialect::Snowflake => [
+            "VARCHAR",
+            "INTEGER",
+            "INTEGER",
+            "INTEGER",
+            "FLOAT",
+            "BOOLEAN",
+            "BINARY",
+            "TIMESTAMP_TZ",
+        ],
+    };
+    Some(names[i])
+}
+
+/// `(name, type)` of every column of `t` in `dialect`.
+fn columns(dialect: Dialect, t: &TableDef) -> Result<Vec<(String, &'static str)>, DdlError> {
+    t.schema
+        .fields()
+        .iter()
+        .map(|f| {
+            column_type(dialect, f.data_type())
+                .map(|ty| (f.name().clone(), ty))
+                .ok_or_else(|| DdlError::Type {
+                    table: t.name.clone(),
+                    column: f.name().clone(),
+                    data_type: f.data_type().clone(),
+                    dialect,
+                })
+        })
+        .collect()
+}
+
+/// Single-quoted SQL string.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The statements for every table of `tables` over `root`, `schema` being
+/// the warehouse schema (dataset) for the engines that keep tables in one.
+pub fn statements(
+    dialect: Dialect,
+    root: &Root,
+    schema: &str,
+    tables: &[TableDef],
+) -> Result<String, DdlError> {
+    let mut out = vec![preamble(dialect, root, schema)];
+    for t in tables {
+        let cols = columns(dialect, t)?;
+        out.push(table(dialect, root, schema, t, &cols));
+    }
+    Ok(out.join("\n"))
+}
+
+fn preamble(dialect: Dialect, root: &Root, schema: &str) -> String {
+    let mut lines = vec![format!(
+        "-- analytics-processor output tables at {}, for {}.\n\
+         -- Partition columns dt ('YYYY-MM-DD') and hour ('HH') come from the folders.\n\
+         -- Columns a metric adds later read as NULL in older files.",
+        root.location,
+        format!("{dialect:?}").to_lowercase()
+    )];
+    match dialect {
+        Dialect::Duckdb if root.is_s3() => lines.push(format!(
+            "INSTALL httpfs;\nLOAD httpfs;\n\
+             CREATE SECRET IF NOT EXISTS analytics_processor_output (TYPE s3, PROVIDER credential_chain{});",
+            root.endpoint.as_deref().map_or(String::new(), |e| {
+                let host = e.split("://").nth(1).unwrap_or(e);
+                format!(
+                    ", ENDPOINT {}, URL_STYLE 'path', USE_SSL {}",
+                    lit(host),
+                    e.starts_with("https://")
+                )
+            })
+        )),
+        Dialect::Clickhouse if root.is_s3() => lines.push(
+            "-- s3() signs requests with the server's S3 credentials (or add key and secret \
+             after each URL)."
+                .into(),
+        ),
+        Dialect::Trino | Dialect::Athena | Dialect::Bigquery if !root.is_s3() => lines.push(
+            "-- The output is a local folder: these engines read object storage, so point \
+             --output at it (e.g. s3://bucket/prefix) before running these."
+                .into(),
+        ),
+        Dialect::Trino => lines.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};\n\
+             -- Read timestamps with their microseconds: SET SESSION <catalog>.timestamp_precision = 'MICROSECONDS';"
+        )),
+        Dialect::Athena => lines.push(format!("CREATE DATABASE IF NOT EXISTS {schema};")),
+        Dialect::Bigquery => lines.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS `{schema}`;\n\
+             -- s3:// URIs need BigQuery Omni: add WITH CONNECTION `<region>.<connection>` to each table."
+        )),
+        Dialect::Snowflake => lines.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};\n\
+             CREATE STAGE IF NOT EXISTS {schema}.analytics_processor_output\n  URL = {}\n  \
+             FILE_FORMAT = (TYPE = PARQUET);\n  \
+             -- add STORAGE_INTEGRATION = <integration> (or CREDENTIALS) for a private bucket",
+            lit(&format!("{}/", root.location.trim_end_matches('/')))
+        )),
+        _ => {}
+    }
+    lines.join("\n") + "\n"
+}
+
+fn table(
+    dialect: Dialect,
+    root: &Root,
+    schema: &str,
+    t: &TableDef,
+    cols: &[(String, &'static str)],
+) -> String {
+    let name = &t.name;
+    let folder = root.folder(&t.folder);
+    match dialect {
+        Dialect::Duckdb => {
+            let select: Vec<String> = cols
+                .iter()
+                .map(|(c, ty)| format!("    CAST(\"{c}\" AS {ty}) AS \"{c}\""))
+                .chain(PARTITION_COLUMNS.iter().map(|p| format!("    {p}")))
+                .collect();
+            let text = format!(
+                "CREATE OR REPLACE VIEW {name} AS\nSELECT\n{}\nFROM read_parquet({},\n    \
+                 hive_partitioning = true, hive_types = {{'dt': VARCHAR, 'hour': VARCHAR}}, \
+                 union_by_name = true);\n",
+                select.join(",\n"),
+                lit(&format!("{folder}/{FILES}"))
+            );
+            if t.has_files {
+                text
+            } else {
+                // DuckDB resolves a view's files when it is created.
+                let commented: Vec<String> = text.lines().map(|l| format!("-- {l}")).collect();
+                format!(
+                    "-- {name}: no files under {folder} yet; run `ddl` again once it has some.\n{}\n",
+                    commented.join("\n")
+                )
+            }
+        }
+        Dialect::Clickhouse => {
+            let structure: Vec<String> = cols
+                .iter()
+                .map(|(c, ty)| format!("`{c}` {ty}"))
+                .chain(PARTITION_COLUMNS.iter().map(|p| format!("`{p}` String")))
+                .collect();
+            let function = if root.is_s3() { "s3" } else { "file" };
+            format!(
+                "CREATE OR REPLACE VIEW {name} AS\nSELECT * FROM {function}({}, Parquet,\n    {})\n\
+                 SETTINGS use_hive_partitioning = 1;\n",
+                lit(&format!("{}/{FILES}", root.http_folder(&t.folder))),
+                lit(&structure.join(", "))
+            )
+        }
+        Dialect::Trino => {
+            let defs: Vec<String> = cols
+                .iter()
+                .map(|(c, ty)| format!("    \"{c}\" {ty}"))
+                .chain(
+                    PARTITION_COLUMNS
+                        .iter()
+                        .map(|p| format!("    \"{p}\" varchar")),
+                )
+                .collect();
+            format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.{name} (\n{}\n) WITH (\n    \
+                 external_location = {},\n    format = 'PARQUET',\n    \
+                 partitioned_by = ARRAY['dt', 'hour']\n);\n\
+                 CALL system.sync_partition_metadata({}, {}, 'FULL');\n",
+                defs.join(",\n"),
+                lit(&format!("{folder}/")),
+                lit(schema),
+                lit(name)
+            )
+        }
+        Dialect::Athena => {
+            let defs: Vec<String> = cols
+                .iter()
+                .map(|(c, ty)| format!("    `{c}` {ty}"))
+                .collect();
+            format!(
+                "CREATE EXTERNAL TABLE IF NOT EXISTS {schema}.{name} (\n{}\n)\n\
+                 PARTITIONED BY (`dt` string, `hour` string)\nSTORED AS PARQUET\nLOCATION {};\n\
+                 MSCK REPAIR TABLE {schema}.{name};\n",
+                defs.join(",\n"),
+                lit(&format!("{folder}/"))
+            )
+        }
+        Dialect::Bigquery => {
+            let defs: Vec<String> = cols
+                .iter()
+                .map(|(c, ty)| format!("    `{c}` {ty}"))
+                .collect();
+            format!(
+                "CREATE OR REPLACE EXTERNAL TABLE `{schema}.{name}` (\n{}\n)\n\
+                 WITH PARTITION COLUMNS (`dt` STRING, `hour` STRING)\nOPTIONS (\n    \
+                 format = 'PARQUET',\n    uris = [{}],\n    hive_partition_uri_prefix = {}\n);\n",
+                defs.join(",\n"),
+                lit(&format!("{folder}/*")),
+                lit(&format!("{folder}/"))
+            )
+        }
+        Dialect::Snowflake => {
+            let part = |p: &str| {
+                format!(
+                    "    {p} VARCHAR AS (SPLIT_PART(SPLIT_PART(METADATA$FILENAME, '{p}=', 2), '/', 1))"
+                )
+            };
+            let defs: Vec<String> = cols
+                .iter()
+                .map(|(c, ty)| format!("    \"{c}\" {ty} AS (VALUE:\"{c}\"::{ty})"))
+                .chain(PARTITION_COLUMNS.iter().map(|p| part(p)))
+                .collect();
+            format!(
+                "CREATE OR REPLACE EXTERNAL TABLE {schema}.{name} (\n{}\n)\n\
+                 PARTITION BY (dt, hour)\nLOCATION = @{schema}.analytics_processor_output/{}/\n\
+                 FILE_FORMAT = (TYPE = PARQUET)\nAUTO_REFRESH = FALSE;\n",
+                defs.join(",\n"),
+                t.folder
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Field;
+
+    fn tables() -> Vec<TableDef> {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        vec![
+            TableDef {
+                name: "system_metrics_1m".into(),
+                folder: "metrics/system_metrics_1m".into(),
+                schema: Schema::new(vec![
+                    Field::new("window_start", ts, false),
+                    Field::new("signals", DataType::Int64, false),
+                    Field::new("error_rate", DataType::Float64, true),
+                    Field::new(
+                        "venue",
+                        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                        true,
+                    ),
+                ]),
+                has_files: true,
+            },
+            TableDef {
+                name: "late_execution_results".into(),
+                folder: "_late/execution_results".into(),
+                schema: Schema::new(vec![Field::new("payload", DataType::Binary, true)]),
+                has_files: false,
+            },
+        ]
+    }
+
+    fn local() -> Root {
+        Root {
+            location: "/data/out".into(),
+            endpoint: None,
+        }
+    }
+
+    fn s3() -> Root {
+        Root {
+            location: "s3://lake/ap".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+        }
+    }
+
+    #[test]
+    fn every_dialect_names_every_table_column_and_location() {
+        for d in [
+            Dialect::Duckdb,
+            Dialect::Clickhouse,
+            Dialect::Trino,
+            Dialect::Athena,
+            Dialect::Bigquery,
+            Dialect::Snowflake,
+        ] {
+            let sql = statements(d, &s3(), "analytics", &tables()).unwrap();
+            for needle in ["system_metrics_1m", "error_rate", "venue", "dt", "hour"] {
+                assert!(sql.contains(needle), "{d:?} lacks {needle}:\n{sql}");
+            }
+            let at = if d == Dialect::Clickhouse {
+                "http://127.0.0.1:9000/lake/ap/metrics/system_metrics_1m/"
+            } else if d == Dialect::Snowflake {
+                "analytics_processor_output/metrics/system_metrics_1m/"
+            } else {
+                "s3://lake/ap/metrics/system_metrics_1m/"
+            };
+            assert!(sql.contains(at), "{d:?} lacks {at}:\n{sql}");
+        }
+    }
+
+    #[test]
+    fn types_follow_the_dialect() {
+        let sql = |d| statements(d, &local(), "analytics", &tables()).unwrap();
+        let duck = sql(Dialect::Duckdb);
+        assert!(
+            duck.contains("CAST(\"window_start\" AS TIMESTAMPTZ)"),
+            "{duck}"
+        );
+        assert!(duck.contains("CAST(\"venue\" AS VARCHAR)"), "{duck}");
+        assert!(duck.contains("read_parquet('/data/out/metrics/system_metrics_1m/*/*/*.parquet'"));
+        // No files yet: DuckDB would refuse the view, so it is left commented.
+        assert!(duck.contains(
+            "-- late_execution_results: no files under /data/out/_late/execution_results yet"
+        ));
+        assert!(duck.contains("-- CREATE OR REPLACE VIEW late_execution_results"));
+        let ch = sql(Dialect::Clickhouse);
+        assert!(ch.contains("file('/data/out/metrics/system_metrics_1m/*/*/*.parquet', Parquet"));
+        assert!(
+            ch.contains("`window_start` Nullable(DateTime64(6, ''UTC''))"),
+            "{ch}"
+        );
+        assert!(ch.contains("`payload` Nullable(String)"), "{ch}");
+        assert!(sql(Dialect::Bigquery).contains("`error_rate` FLOAT64"));
+        assert!(sql(Dialect::Trino).contains("\"signals\" bigint"));
+        assert!(sql(Dialect::Athena).contains("`payload` binary"));
+        assert!(sql(Dialect::Snowflake)
+            .contains("\"window_start\" TIMESTAMP_TZ AS (VALUE:\"window_start\"::TIMESTAMP_TZ)"));
+        let bad = TableDef {
+            schema: Schema::new(vec![Field::new("d", DataType::Date32, true)]),
+            ..tables().remove(0)
+        };
+        let e = statements(Dialect::Trino, &local(), "a", &[bad]).unwrap_err();
+        assert!(
+            e.to_string().contains("table system_metrics_1m, column d"),
+            "{e}"
+        );
+        // A nanosecond timestamp is not what the writer produces: refused.
+        assert_eq!(
+            column_type(
+                Dialect::Duckdb,
+                &DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+            ),
+            None
+        );
+    }
+}
