@@ -2,8 +2,10 @@
 `analytics-processor ddl`: DuckDB runs `ddl --dialect duckdb`, ClickHouse's
 embedded engine (chdb) runs `ddl --dialect clickhouse`, and the same totals
 are compared with `analytics-processor query`."""
+import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -115,5 +117,19 @@ for sql in CHECKS:
         failed += not ok
         print(f"{'ok ' if ok else 'BAD'} {engine:10} {sql[:80]}\n    query={ours}\n    {engine}={theirs}")
 
-print(f"outside readers: {2 * len(CHECKS) - failed} passed, {failed} failed")
+# Every metric file names the definition that wrote it: the SHA-256 of its
+# sql/ file (here the first run's, before the evolution step).
+SQL_DIR = os.environ.get("AP_SQL_DIR", "sql")
+hashes = dict(duck.execute(
+    "SELECT DISTINCT decode(value), regexp_extract(file_name, 'metrics/([a-z0-9_]+)/', 1)"
+    f" FROM parquet_kv_metadata('{OUT}/metrics/*/*/*/*.parquet')"
+    " WHERE decode(key) = 'analytics_processor.definition_sha256'").fetchall())
+for metric in ("system_metrics_1m", "execution_errors_1m"):
+    with open(f"{SQL_DIR}/{metric}.sql", "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    ok = hashes.get(want) == metric
+    failed += not ok
+    print(f"{'ok ' if ok else 'BAD'} definition hash of {metric}: {want[:16]}… in {sorted(h[:16] for h in hashes)}")
+
+print(f"outside readers: {2 * len(CHECKS) + 2 - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -2,7 +2,7 @@
 //! (raw Parquet, checkpoint, offset commit) -> finalize the windows the
 //! watermark has passed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,9 @@ pub struct RunSummary {
     pub final_executions: u64,
     pub metric_rows: u64,
     pub metric_errors: u64,
+    /// Metric files (or versions of them) that failed their check when the
+    /// daemon picked them up; the last good version kept running.
+    pub definition_rejections: u64,
     /// Messages skipped because they were already committed or buffered.
     pub already_committed: u64,
     /// Seconds from the first message to the last epoch commit.
@@ -197,6 +200,32 @@ struct Daemon {
     resync: BTreeMap<(String, i32), i64>,
     /// The finalizer lease term this instance holds.
     term: Option<u64>,
+    /// Hashes of metric file versions that failed their check (reported
+    /// once each), and `folder: …` while the folder itself is unusable.
+    rejected: HashSet<String>,
+}
+
+/// A metric file version that failed its check when the daemon picked it
+/// up: logged and counted in one place.
+struct DefinitionRejected<'a> {
+    metric: &'a str,
+    file: &'a std::path::Path,
+    problems: &'a str,
+    /// Whether the last good version of the metric keeps running.
+    kept: bool,
+}
+
+impl DefinitionRejected<'_> {
+    fn emit(&self, summary: &mut RunSummary) {
+        summary.definition_rejections += 1;
+        let then = if self.kept {
+            "the last good version keeps running"
+        } else {
+            "it does not run until fixed"
+        };
+        warn!(metric = self.metric, file = %self.file.display(), problems = self.problems,
+              "metric definition rejected: {then}");
+    }
 }
 
 /// Names safe in store paths and file names.
@@ -282,6 +311,7 @@ pub async fn run(
         owned: BTreeSet::new(),
         resync: BTreeMap::new(),
         term: None,
+        rejected: HashSet::new(),
     };
     d.load_next_offsets().await?;
     d.main_loop(cancel).await?;
@@ -481,6 +511,7 @@ impl Daemon {
             let batches = self.buffer.take();
             self.commit_epoch(batches).await?;
         }
+        self.reload_metrics().await;
         // Coordination is retried at the next epoch: a failure here delays
         // finalization, it loses nothing.
         match self.coordinate(end_of_input).await {
@@ -490,6 +521,60 @@ impl Daemon {
                 Ok(false)
             }
         }
+    }
+
+    /// Picks up changed, added and removed metric files. Called between
+    /// finalizations, so every window is finalized with one version of
+    /// each definition.
+    async fn reload_metrics(&mut self) {
+        let dir = self.common.sql_dir.clone();
+        let r = match catalog::reload(&self.metrics, &dir, &self.rejected).await {
+            Ok(r) => r,
+            Err(e) => {
+                // An unreadable or emptied folder: keep what runs, say it once.
+                if self.rejected.insert(format!("folder: {e}")) {
+                    DefinitionRejected {
+                        metric: "*",
+                        file: &dir,
+                        problems: &e.to_string(),
+                        kept: true,
+                    }
+                    .emit(&mut self.summary);
+                }
+                return;
+            }
+        };
+        self.rejected.retain(|k| !k.starts_with("folder: "));
+        if r.is_empty() {
+            return;
+        }
+        for (m, problems) in &r.rejected {
+            self.rejected.insert(m.definition_hash());
+            let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            DefinitionRejected {
+                metric: &m.name,
+                file: &m.path,
+                problems: &problems.join("; "),
+                kept: r.catalog.iter().any(|c| c.name == m.name),
+            }
+            .emit(&mut self.summary);
+        }
+        for (names, what) in [
+            (&r.added, "metric added"),
+            (&r.changed, "metric changed"),
+            (&r.removed, "metric removed"),
+        ] {
+            for name in names {
+                let hash = r
+                    .catalog
+                    .iter()
+                    .find(|m| &m.name == name)
+                    .map(|m| m.definition_hash());
+                info!(metric = %name, definition_sha256 = hash.as_deref().unwrap_or("-"), "{what}: \
+                      windows finalized from now on follow it (reprocess applies it to earlier ones)");
+            }
+        }
+        self.metrics = Arc::new(r.catalog);
     }
 
     /// Writes and commits an epoch, retrying with backoff while the store

@@ -64,7 +64,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let s = run_daemon(common, run, token).await?;
             eprintln!(
                 "stopped: {} epochs, {} messages ({} signals, {} executions, {} dead letters, {} late) \
-                 in {:.1} s of work ({:.0} events/s), {} metric rows, peak RSS {} (--memory-limit {limit_mib} MiB)",
+                 in {:.1} s of work ({:.0} events/s), {} metric rows, {} rejected metric definitions, peak RSS {} (--memory-limit {limit_mib} MiB)",
                 s.epochs,
                 s.messages,
                 s.signals,
@@ -74,6 +74,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 s.busy_seconds,
                 s.rate(),
                 s.metric_rows,
+                s.definition_rejections,
                 s.peak_rss_bytes
                     .map_or("unknown".into(), |b| format!("{} MiB", b >> 20))
             );

@@ -989,3 +989,218 @@ async fn batch_boundaries_do_not_change_final_rows_and_reprocess_from_raw_or_kaf
     assert_eq!(final_rows(&store_a).await, in_time, "reprocess from raw/");
     assert_eq!(final_rows(&store_b).await, in_time, "reprocess from Kafka");
 }
+
+/// The definition hash stored in a metric file's Parquet key-value metadata.
+fn definition_of(file: &std::path::Path) -> String {
+    use parquet::file::reader::FileReader;
+    let r = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(file).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let kv = r.metadata().file_metadata().key_value_metadata().cloned();
+    kv.unwrap_or_default()
+        .into_iter()
+        .find(|e| e.key == analytics_processor::metrics::catalog::METADATA_DEFINITION_SHA256)
+        .and_then(|e| e.value)
+        .unwrap_or_else(|| panic!("{} has no definition hash", file.display()))
+}
+
+/// Writes `text` to `path` at once, as an editor saving a file does.
+fn save(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("sql.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `sql` until it returns `want` (a missing table counts as not yet).
+async fn wait_for(store: &OutputStore, sql: &str, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(b) = query::collect(store, sql).await {
+            if rows(&b) == want {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql} never returned {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A running daemon picks up a changed, an added and a broken metric file at
+/// an epoch boundary: windows finalized before run the old definition,
+/// windows after the new one, each file carries the hash of the definition
+/// that wrote it, the broken file is reported once and never runs; a
+/// reprocess rewrites the earlier windows with the new definition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_files_reload_at_epoch_boundaries_and_files_name_their_definition() {
+    use analytics_processor::metrics::catalog;
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("sql");
+    std::fs::create_dir(&sql).unwrap();
+    for m in catalog::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql"
+    )))
+    .unwrap()
+    {
+        std::fs::write(sql.join(format!("{}.sql", m.name)), &m.sql).unwrap();
+    }
+    let system = sql.join("system_metrics_1m.sql");
+    let old = catalog::load(&sql).unwrap();
+    let old_hash = old
+        .iter()
+        .find(|m| m.name == "system_metrics_1m")
+        .unwrap()
+        .definition_hash();
+    let output = dir.path().join("out");
+    let output = output.to_str().unwrap();
+    let s3 = S3Options::default();
+    let topics = Topics {
+        signals: unique("signals"),
+        executions: unique("executions"),
+    };
+    let group = unique("group");
+    let mut settings = common(&topics, &group, output, &s3);
+    settings.sql_dir = sql.clone();
+    let run = Run {
+        allowed_lateness: Duration::ZERO,
+        idle_timeout: Duration::from_secs(1),
+        stop_when_idle: None,
+        ..run_settings(Duration::from_millis(300), 1000)
+    };
+    produce(&topics, &fixture_messages()).await;
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn(analytics_processor::run_daemon(
+        settings.clone(),
+        run,
+        cancel.clone(),
+    ));
+    let store = OutputStore::open(output, &s3).unwrap();
+    let first =
+        "SELECT count(*) FROM system_metrics_1m WHERE window_start = '2026-01-01T10:00:00Z'";
+    wait_for(&store, first, &["1"]).await;
+
+    // Edits while it runs: a new column, a new metric, a broken metric.
+    let text = std::fs::read_to_string(&system).unwrap();
+    let last = "    coalesce(e.unmatched_executions, 0) AS unmatched_executions\n";
+    assert!(text.contains(last));
+    save(
+        &system,
+        &text.replace(
+            last,
+            &format!(
+                "{},\n    coalesce(s.signals, 0) + coalesce(e.executions, 0) AS events\n",
+                last.trim_end()
+            ),
+        ),
+    );
+    save(
+        &sql.join("venue_metrics_1m.sql"),
+        "-- description: executions per minute and venue\n-- keys: window_start, venue\n\
+         -- window: 1 minute\n-- owner: tests\n\
+         SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start, venue,\n\
+         \x20      count(*) AS executions\nFROM executions GROUP BY 1, 2\n",
+    );
+    save(
+        &sql.join("broken_1m.sql"),
+        "-- description: x\n-- keys: window_start\n-- window: 1 minute\n-- owner: tests\n\
+         SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start, sum(filed_qty) AS q\n\
+         FROM executions GROUP BY 1\n",
+    );
+    let new_hash = catalog::load(&sql)
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "system_metrics_1m")
+        .unwrap()
+        .definition_hash();
+    assert_ne!(old_hash, new_hash);
+    // Give the daemon an epoch boundary to see the edits, then events of 11:00.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at = |id: &str, t: &str| Msg {
+        executions: true,
+        key: "later".into(),
+        value: Some(bad_execution(|v| {
+            v["execution_id"] = id.into();
+            v["executed_at"] = t.into();
+            v["submitted_at"] = t.into();
+        })),
+    };
+    produce(
+        &topics,
+        &[
+            at(
+                "00000000-0000-4000-8000-00000000aa01",
+                "2026-01-01T11:00:10Z",
+            ),
+            at(
+                "00000000-0000-4000-8000-00000000aa02",
+                "2026-01-01T11:03:00Z",
+            ),
+        ],
+    )
+    .await;
+    wait_for(
+        &store,
+        "SELECT events FROM system_metrics_1m WHERE window_start = '2026-01-01T11:00:00Z'",
+        &["1"],
+    )
+    .await;
+    cancel.cancel();
+    let summary = daemon.await.unwrap().unwrap();
+    assert_eq!(summary.definition_rejections, 1, "{summary:?}");
+
+    // Before the edit: no `events` (NULL), the old hash; after: both new.
+    assert_eq!(
+        select(
+            &store,
+            "SELECT window_start, events FROM system_metrics_1m
+             WHERE window_start IN ('2026-01-01T10:00:00Z', '2026-01-01T11:00:00Z')
+             ORDER BY 1"
+        )
+        .await,
+        ["2026-01-01T10:00:00Z|null", "2026-01-01T11:00:00Z|1"]
+    );
+    let file = |hour: &str, window: &str| {
+        dir.path().join(format!(
+            "out/metrics/system_metrics_1m/dt=2026-01-01/hour={hour}/w-20260101T{window}.parquet"
+        ))
+    };
+    assert_eq!(definition_of(&file("10", "1000")), old_hash);
+    assert_eq!(definition_of(&file("11", "1100")), new_hash);
+    // The added metric runs from the windows finalized after it appeared.
+    assert_eq!(
+        select(
+            &store,
+            "SELECT count(*) FILTER (WHERE window_start = '2026-01-01T10:00:00Z'),
+                    count(*) FILTER (WHERE window_start = '2026-01-01T11:00:00Z')
+             FROM venue_metrics_1m"
+        )
+        .await,
+        ["0|1"]
+    );
+    assert!(!dir.path().join("out/metrics/broken_1m").exists());
+
+    // Reprocess with the new definitions: the 10:00 window follows them.
+    std::fs::remove_file(sql.join("broken_1m.sql")).unwrap();
+    let opts = ReprocessOpts {
+        from: "2026-01-01T10:00:00Z".into(),
+        to: "2026-01-01T10:02:00Z".into(),
+        metrics: vec![],
+        dry_run: false,
+        memory_limit: "256MiB".into(),
+        lookback_hours: 24.0,
+        source: Source::Raw,
+    };
+    reprocess(&settings, &opts).await.unwrap();
+    assert_eq!(definition_of(&file("10", "1000")), new_hash);
+    let signals_and_executions = select(
+        &store,
+        "SELECT signals + executions, events FROM system_metrics_1m
+         WHERE window_start = '2026-01-01T10:00:00Z'",
+    )
+    .await;
+    let cells: Vec<&str> = signals_and_executions[0].split('|').collect();
+    assert_eq!(cells[0], cells[1], "{signals_and_executions:?}");
+    assert_ne!(cells[1], "null");
+}

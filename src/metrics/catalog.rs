@@ -48,6 +48,84 @@ impl Metric {
     pub fn header(&self) -> Result<header::Header, Vec<header::HeaderProblem>> {
         header::parse(&self.sql)
     }
+
+    /// SHA-256 of the file's text, hex: names the definition that produced
+    /// a file (stored in its Parquet key-value metadata).
+    pub fn definition_hash(&self) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.sql.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Parquet key-value metadata of every metric file: the metric's name and
+/// the hash of the definition that produced it.
+pub const METADATA_METRIC: &str = "analytics_processor.metric";
+pub const METADATA_DEFINITION_SHA256: &str = "analytics_processor.definition_sha256";
+
+/// What changed between the running catalog and the files of its folder.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// The catalog to run from now on: every good file, and the last good
+    /// version of a file that fails its check.
+    pub catalog: Vec<Metric>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Files that fail the check, with their problems; not run.
+    pub rejected: Vec<(Metric, Vec<Problem>)>,
+}
+
+impl Reload {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.rejected.is_empty()
+    }
+}
+
+/// Compares `running` with the files now in `dir`: added and changed files
+/// that pass the check take effect, a failing one keeps its last good
+/// version (or stays out, if new), a deleted one stops. `skip` holds the
+/// hashes of files already rejected: they are not checked and reported again.
+pub async fn reload(
+    running: &[Metric],
+    dir: &Path,
+    skip: &std::collections::HashSet<String>,
+) -> Result<Reload, CatalogError> {
+    let files = load(dir)?;
+    let mut out = Reload::default();
+    for m in &files {
+        let current = running.iter().find(|r| r.name == m.name);
+        if current.is_some_and(|c| c.sql == m.sql) {
+            out.catalog.push(m.clone());
+            continue;
+        }
+        if skip.contains(&m.definition_hash()) {
+            out.catalog.extend(current.cloned());
+            continue;
+        }
+        let problems = problems(std::slice::from_ref(m)).await;
+        if problems.is_empty() {
+            match current {
+                Some(_) => out.changed.push(m.name.clone()),
+                None => out.added.push(m.name.clone()),
+            }
+            out.catalog.push(m.clone());
+        } else {
+            out.catalog.extend(current.cloned());
+            out.rejected.push((m.clone(), problems));
+        }
+    }
+    out.removed = running
+        .iter()
+        .filter(|r| !files.iter().any(|m| m.name == r.name))
+        .map(|r| r.name.clone())
+        .collect();
+    Ok(out)
 }
 
 /// Names of the inputs a metric query reads.
@@ -514,6 +592,60 @@ mod tests {
             .sql_with_options("SELECT count(*) FROM executions", read_only())
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn reload_takes_good_changes_and_keeps_the_last_good_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = |col: &str| {
+            format!(
+                "{HEAD}SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start,\n\
+                     subscriber_id, sum({col}) AS q FROM executions GROUP BY 1, 2"
+            )
+        };
+        let write = |name: &str, sql: &str| std::fs::write(dir.path().join(name), sql).unwrap();
+        write("a.sql", &q("fee"));
+        write("b.sql", &q("fee"));
+        let running = load(dir.path()).unwrap();
+        let none = std::collections::HashSet::new();
+        assert!(reload(&running, dir.path(), &none)
+            .await
+            .unwrap()
+            .is_empty());
+
+        write("a.sql", &q("filled_qty")); // changed, good
+        write("b.sql", &q("filed_qty")); // changed, broken
+        write("c.sql", &q("fee")); // added
+        write("d.sql", &q("nope")); // added, broken
+        let r = reload(&running, dir.path(), &none).await.unwrap();
+        assert_eq!(
+            (r.added.clone(), r.changed.clone()),
+            (vec!["c".into()], vec!["a".into()])
+        );
+        let rejected: Vec<_> = r.rejected.iter().map(|(m, _)| m.name.as_str()).collect();
+        assert_eq!(rejected, ["b", "d"]);
+        assert!(r.rejected[0].1[0]
+            .message
+            .contains("did you mean `filled_qty`"));
+        let names: Vec<_> = r.catalog.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(r.catalog[0].sql.contains("filled_qty"));
+        assert_eq!(r.catalog[1], running[1], "b keeps its last good version");
+
+        // Rejected versions are not checked or reported again; removals count.
+        let skip = r
+            .rejected
+            .iter()
+            .map(|(m, _)| m.definition_hash())
+            .collect();
+        std::fs::remove_file(dir.path().join("a.sql")).unwrap();
+        let again = reload(&r.catalog, dir.path(), &skip).await.unwrap();
+        assert!(again.rejected.is_empty() && again.added.is_empty());
+        assert_eq!(again.removed, ["a"]);
+        let names: Vec<_> = again.catalog.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(running[0].definition_hash().len(), 64);
+        assert_ne!(running[0].definition_hash(), r.catalog[0].definition_hash());
     }
 
     #[test]

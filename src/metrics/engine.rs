@@ -322,7 +322,7 @@ impl Finalizer {
                 Ok(df) => df.collect().await,
                 Err(e) => Err(e),
             };
-            match rows.and_then(|r| to_output(&r).map_err(DataFusionError::from)) {
+            match rows.and_then(|r| to_output(&r, m).map_err(DataFusionError::from)) {
                 Ok(rows) => {
                     summary
                         .metric_rows
@@ -386,12 +386,22 @@ pub fn output_schema(schema: &Schema) -> Schema {
     )
 }
 
-/// Metric rows in their [`output_schema`].
-fn to_output(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
+/// Metric rows in their [`output_schema`], the schema carrying the metric's
+/// name and definition hash into the files' key-value metadata.
+fn to_output(batches: &[RecordBatch], metric: &Metric) -> Result<Vec<RecordBatch>, ArrowError> {
+    use crate::metrics::catalog::{METADATA_DEFINITION_SHA256, METADATA_METRIC};
+    let metadata: std::collections::HashMap<String, String> = [
+        (METADATA_METRIC.to_string(), metric.name.clone()),
+        (
+            METADATA_DEFINITION_SHA256.to_string(),
+            metric.definition_hash(),
+        ),
+    ]
+    .into();
     batches
         .iter()
         .map(|b| {
-            let schema = Arc::new(output_schema(&b.schema()));
+            let schema = Arc::new(output_schema(&b.schema()).with_metadata(metadata.clone()));
             let columns = b
                 .columns()
                 .iter()

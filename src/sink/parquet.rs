@@ -6,6 +6,7 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
@@ -23,6 +24,17 @@ fn writer_properties(schema: &Schema) -> WriterProperties {
         // Row groups of a few minutes of events: their time statistics let a
         // finalization chunk skip the rest of an hour's files.
         .set_max_row_group_row_count(Some(32 * 1024));
+    // The schema's metadata (a metric's definition hash) goes into the
+    // file's key-value metadata, where any Parquet reader finds it.
+    let mut kv: Vec<KeyValue> = schema
+        .metadata()
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    if !kv.is_empty() {
+        kv.sort_by(|a, b| a.key.cmp(&b.key));
+        b = b.set_key_value_metadata(Some(kv));
+    }
     for f in schema.fields() {
         let low_cardinality = matches!(f.data_type(), DataType::Utf8 | DataType::Int32)
             && !UNIQUE_COLUMNS.contains(&f.name().as_str());
@@ -67,5 +79,24 @@ mod tests {
         let rows: usize = r.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 6);
         assert!(encode(&[]).is_err());
+    }
+
+    #[test]
+    fn schema_metadata_lands_in_the_key_value_metadata() {
+        let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "x",
+            DataType::Int64,
+            false,
+        )])
+        .with_metadata([("k".to_string(), "v".to_string())].into());
+        let b = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int64Array::from(vec![1]))])
+            .unwrap();
+        let r = ParquetRecordBatchReaderBuilder::try_new(encode(&[b]).unwrap()).unwrap();
+        let kv = r.metadata().file_metadata().key_value_metadata().unwrap();
+        assert!(
+            kv.iter()
+                .any(|e| e.key == "k" && e.value.as_deref() == Some("v")),
+            "{kv:?}"
+        );
     }
 }
