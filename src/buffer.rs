@@ -26,6 +26,21 @@ pub struct Message<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+impl<'a> Message<'a> {
+    /// A message with a value only (no key, no Kafka timestamp), as test
+    /// fixtures write them.
+    pub fn with_value(topic: &'a str, partition: i32, offset: i64, value: &'a [u8]) -> Self {
+        Self {
+            topic,
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            value: Some(value),
+        }
+    }
+}
+
 /// First and last offset of one topic-partition within an epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetRange {

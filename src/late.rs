@@ -92,14 +92,7 @@ mod tests {
         let later = EXECUTION.replace("10:00:01.500Z\"}", "10:05:00Z\"}");
         for (offset, value) in [(1, EXECUTION.to_string()), (2, later)] {
             buf.push(
-                &Message {
-                    topic: EXECUTIONS_TOPIC,
-                    partition: 3,
-                    offset,
-                    timestamp_ms: None,
-                    key: None,
-                    value: Some(value.as_bytes()),
-                },
+                &Message::with_value(EXECUTIONS_TOPIC, 3, offset, value.as_bytes()),
                 7,
             );
         }

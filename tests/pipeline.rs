@@ -29,6 +29,14 @@ fn unique(name: &str) -> String {
     format!("{name}-{}-{n}", std::process::id())
 }
 
+/// Topics of their own for one test.
+fn fresh_topics() -> Topics {
+    Topics {
+        signals: unique("signals"),
+        executions: unique("executions"),
+    }
+}
+
 /// One message to send: topic role, key, value (`None` = tombstone).
 struct Msg {
     executions: bool,
@@ -242,10 +250,7 @@ async fn run_daemon(
 }
 
 async fn run_pipeline(output: &str, s3: S3Options) -> OutputStore {
-    let topics = Topics {
-        signals: unique("signals"),
-        executions: unique("executions"),
-    };
+    let topics = fresh_topics();
     let mut msgs = fixture_messages();
     msgs.extend(malformed().into_iter().map(|(executions, value, _)| Msg {
         executions,
@@ -475,10 +480,7 @@ async fn late_events_are_kept_listed_and_left_out_of_final_windows_and_hours_get
     let output = dir.path().join("out");
     let output = output.to_str().unwrap();
     let s3 = S3Options::default();
-    let topics = Topics {
-        signals: unique("signals"),
-        executions: unique("executions"),
-    };
+    let topics = fresh_topics();
     let group = unique("group");
     produce(&topics, &fixture_messages()).await;
     let first = run_daemon(&topics, &group, output, &s3).await;
@@ -841,10 +843,7 @@ async fn batch_boundaries_do_not_change_final_rows_and_reprocess_from_raw_or_kaf
     let dir = tempfile::tempdir().unwrap();
     let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (out_a, out_b, out_c) = (out("a"), out("b"), out("c"));
-    let topics = Topics {
-        signals: unique("signals"),
-        executions: unique("executions"),
-    };
+    let topics = fresh_topics();
     let (group_a, group_b) = (unique("group-a"), unique("group-b"));
     let fine = run_settings(Duration::from_secs(1), 100);
     let coarse = run_settings(Duration::from_secs(30), 1_000_000);
@@ -916,10 +915,7 @@ async fn batch_boundaries_do_not_change_final_rows_and_reprocess_from_raw_or_kaf
     );
 
     // C gets every event in time, in the original order: nothing is late.
-    let topics_c = Topics {
-        signals: unique("signals"),
-        executions: unique("executions"),
-    };
+    let topics_c = fresh_topics();
     let everything: Vec<Msg> = generated.iter().map(msg).collect();
     produce(&topics_c, &everything).await;
     let c = run_daemon_with(&topics_c, &unique("group-c"), &out_c, &s3, fine.clone()).await;
@@ -1056,10 +1052,7 @@ async fn metric_files_reload_at_epoch_boundaries_and_files_name_their_definition
     let output = dir.path().join("out");
     let output = output.to_str().unwrap();
     let s3 = S3Options::default();
-    let topics = Topics {
-        signals: unique("signals"),
-        executions: unique("executions"),
-    };
+    let topics = fresh_topics();
     let group = unique("group");
     let mut settings = common(&topics, &group, output, &s3);
     settings.sql_dir = sql.clone();

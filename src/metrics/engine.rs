@@ -523,14 +523,7 @@ mod tests {
             (EXECUTIONS_TOPIC, 1, 3, second),
         ];
         for (topic, partition, offset, value) in &msgs {
-            let m = Message {
-                topic,
-                partition: *partition,
-                offset: *offset,
-                timestamp_ms: None,
-                key: None,
-                value: Some(value.as_bytes()),
-            };
+            let m = Message::with_value(topic, *partition, *offset, value.as_bytes());
             buf.push(&m, 0);
         }
         let b = buf.take();
@@ -584,14 +577,7 @@ mod tests {
         let mut buf = EpochBuffer::new(Topics::default());
         let third = EXECUTION.replace("000000000001\",\"signal_id", "000000000003\",\"signal_id");
         buf.push(
-            &Message {
-                topic: EXECUTIONS_TOPIC,
-                partition: 0,
-                offset: 9,
-                timestamp_ms: None,
-                key: None,
-                value: Some(third.as_bytes()),
-            },
+            &Message::with_value(EXECUTIONS_TOPIC, 0, 9, third.as_bytes()),
             0,
         );
         write_partitioned(

@@ -228,14 +228,7 @@ pub async fn run(
                 counts.messages += 1;
                 let key = (topic.clone(), *partition);
                 let offset = next_offset.entry(key.clone()).or_default();
-                let m = Message {
-                    topic,
-                    partition: *partition,
-                    offset: *offset,
-                    timestamp_ms: None,
-                    key: None,
-                    value: Some(value),
-                };
+                let m = Message::with_value(topic, *partition, *offset, value);
                 *offset += 1;
                 let seen = newest.entry(key).or_default();
                 match buffer.push(&m, 0) {
