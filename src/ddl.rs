@@ -213,6 +213,14 @@ fn preamble(dialect: Dialect, root: &Root, schema: &str) -> String {
         root.location,
         format!("{dialect:?}").to_lowercase()
     )];
+    let remote = !matches!(dialect, Dialect::Duckdb | Dialect::Clickhouse);
+    if remote && !root.is_s3() {
+        lines.push(
+            "-- The output is a local folder: this engine reads object storage, so point \
+             --output at it (e.g. s3://bucket/prefix) before running these."
+                .into(),
+        );
+    }
     match dialect {
         Dialect::Duckdb if root.is_s3() => lines.push(format!(
             "INSTALL httpfs;\nLOAD httpfs;\n\
@@ -229,11 +237,6 @@ fn preamble(dialect: Dialect, root: &Root, schema: &str) -> String {
         Dialect::Clickhouse if root.is_s3() => lines.push(
             "-- s3() signs requests with the server's S3 credentials (or add key and secret \
              after each URL)."
-                .into(),
-        ),
-        Dialect::Trino | Dialect::Athena | Dialect::Bigquery if !root.is_s3() => lines.push(
-            "-- The output is a local folder: these engines read object storage, so point \
-             --output at it (e.g. s3://bucket/prefix) before running these."
                 .into(),
         ),
         Dialect::Trino => lines.push(format!(
@@ -361,7 +364,8 @@ fn table(
             };
             let defs: Vec<String> = cols
                 .iter()
-                .map(|(c, ty)| format!("    \"{c}\" {ty} AS (VALUE:\"{c}\"::{ty})"))
+                // Unquoted names: Snowflake folds them, so queries need no quotes.
+                .map(|(c, ty)| format!("    {c} {ty} AS (VALUE:\"{c}\"::{ty})"))
                 .chain(PARTITION_COLUMNS.iter().map(|p| part(p)))
                 .collect();
             format!(
@@ -471,8 +475,15 @@ mod tests {
         assert!(sql(Dialect::Bigquery).contains("`error_rate` FLOAT64"));
         assert!(sql(Dialect::Trino).contains("\"signals\" bigint"));
         assert!(sql(Dialect::Athena).contains("`payload` binary"));
-        assert!(sql(Dialect::Snowflake)
-            .contains("\"window_start\" TIMESTAMP_TZ AS (VALUE:\"window_start\"::TIMESTAMP_TZ)"));
+        let snow = sql(Dialect::Snowflake);
+        assert!(
+            snow.contains(
+                "    window_start TIMESTAMP_TZ AS (VALUE:\"window_start\"::TIMESTAMP_TZ)"
+            ),
+            "{snow}"
+        );
+        assert!(snow.contains("this engine reads object storage"), "{snow}");
+        assert!(sql(Dialect::Trino).contains("CREATE SCHEMA IF NOT EXISTS analytics;"));
         let bad = TableDef {
             schema: Schema::new(vec![Field::new("d", DataType::Date32, true)]),
             ..tables().remove(0)
