@@ -203,6 +203,9 @@ struct Daemon {
     /// Hashes of metric file versions that failed their check (reported
     /// once each), and `folder: …` while the folder itself is unusable.
     rejected: HashSet<String>,
+    /// For metrics added or changed while running: the window bound from
+    /// which their current version finalizes.
+    metric_since: BTreeMap<String, i64>,
 }
 
 /// A metric file version that failed its check when the daemon picked it
@@ -312,6 +315,7 @@ pub async fn run(
         resync: BTreeMap::new(),
         term: None,
         rejected: HashSet::new(),
+        metric_since: BTreeMap::new(),
     };
     d.load_next_offsets().await?;
     d.main_loop(cancel).await?;
@@ -549,7 +553,7 @@ impl Daemon {
             return;
         }
         for (m, problems) in &r.rejected {
-            self.rejected.insert(m.definition_hash());
+            self.rejected.insert(catalog::rejection_key(m));
             let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             DefinitionRejected {
                 metric: &m.name,
@@ -573,6 +577,11 @@ impl Daemon {
                 info!(metric = %name, definition_sha256 = hash.as_deref().unwrap_or("-"), "{what}: \
                       windows finalized from now on follow it (reprocess applies it to earlier ones)");
             }
+        }
+        // Windows from the finalizer's bound on run the new versions.
+        let since = self.progress.finalized_through.unwrap_or(i64::MIN);
+        for name in r.added.iter().chain(&r.changed) {
+            self.metric_since.insert(name.clone(), since);
         }
         self.metrics = Arc::new(r.catalog);
     }
@@ -897,7 +906,7 @@ impl Daemon {
             self.summary.metric_errors += s.metric_errors.len() as u64;
             if end % HOUR_MICROS == 0 {
                 // Chunks never cross an hour: this one completed it.
-                let tables = self.final_tables();
+                let tables = self.final_tables(end - HOUR_MICROS);
                 let marker = completeness::marker(
                     &tables,
                     end - HOUR_MICROS,
@@ -922,11 +931,19 @@ impl Daemon {
     }
 
     /// The tables finalization writes: the final rows and every metric.
-    fn final_tables(&self) -> Vec<String> {
+    /// A metric counts for the hour starting at `hour` only if its current
+    /// version ran for all of it: one added or changed mid-hour is left out
+    /// of that hour's marker (a reprocess of the hour completes it).
+    fn final_tables(&self, hour: i64) -> Vec<String> {
         [tables::SIGNALS, tables::EXECUTIONS_ENRICHED]
             .into_iter()
             .map(str::to_owned)
-            .chain(self.metrics.iter().map(|m| m.name.clone()))
+            .chain(
+                self.metrics
+                    .iter()
+                    .filter(|m| self.metric_since.get(&m.name).is_none_or(|s| *s <= hour))
+                    .map(|m| m.name.clone()),
+            )
             .collect()
     }
 

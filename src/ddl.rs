@@ -130,7 +130,9 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "double",
             "boolean",
             "varbinary",
-            "timestamp(6) with time zone",
+            // What the Hive connector creates; read with microseconds by
+            // setting the catalog's timestamp_precision (see the preamble).
+            "timestamp(3)",
         ],
         Dialect::Athena => [
             "string",
@@ -159,8 +161,9 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "INTEGER",
             "FLOAT",
             "BOOLEAN",
-            "BINARY",
-            "TIMESTAMP_TZ",
+            // Parquet bytes arrive as text (BINARY_AS_TEXT); times are UTC.
+            "VARCHAR",
+            "TIMESTAMP_NTZ",
         ],
     };
     Some(names[i])
@@ -223,7 +226,7 @@ fn preamble(dialect: Dialect, root: &Root, schema: &str) -> String {
     }
     match dialect {
         Dialect::Duckdb if root.is_s3() => lines.push(format!(
-            "INSTALL httpfs;\nLOAD httpfs;\n\
+            "INSTALL httpfs;\nLOAD httpfs;\nINSTALL aws;\nLOAD aws;\n\
              CREATE SECRET IF NOT EXISTS analytics_processor_output (TYPE s3, PROVIDER credential_chain{});",
             root.endpoint.as_deref().map_or(String::new(), |e| {
                 let host = e.split("://").nth(1).unwrap_or(e);
@@ -241,7 +244,8 @@ fn preamble(dialect: Dialect, root: &Root, schema: &str) -> String {
         ),
         Dialect::Trino => lines.push(format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};\n\
-             -- Read timestamps with their microseconds: SET SESSION <catalog>.timestamp_precision = 'MICROSECONDS';"
+             -- Times are created as timestamp(3); read them with their microseconds:\n\
+             -- SET SESSION <catalog>.timestamp_precision = 'MICROSECONDS';"
         )),
         Dialect::Athena => lines.push(format!("CREATE DATABASE IF NOT EXISTS {schema};")),
         Dialect::Bigquery => lines.push(format!(
@@ -318,8 +322,11 @@ fn table(
                         .map(|p| format!("    \"{p}\" varchar")),
                 )
                 .collect();
+            // Dropping an external table leaves its files; recreating it
+            // picks up columns a metric added.
             format!(
-                "CREATE TABLE IF NOT EXISTS {schema}.{name} (\n{}\n) WITH (\n    \
+                "DROP TABLE IF EXISTS \"{schema}\".\"{name}\";\n\
+                 CREATE TABLE \"{schema}\".\"{name}\" (\n{}\n) WITH (\n    \
                  external_location = {},\n    format = 'PARQUET',\n    \
                  partitioned_by = ARRAY['dt', 'hour']\n);\n\
                  CALL system.sync_partition_metadata({}, {}, 'FULL');\n",
@@ -334,10 +341,12 @@ fn table(
                 .iter()
                 .map(|(c, ty)| format!("    `{c}` {ty}"))
                 .collect();
+            // Backquoted: Athena needs it for names starting with `_`.
             format!(
-                "CREATE EXTERNAL TABLE IF NOT EXISTS {schema}.{name} (\n{}\n)\n\
+                "DROP TABLE IF EXISTS `{schema}`.`{name}`;\n\
+                 CREATE EXTERNAL TABLE `{schema}`.`{name}` (\n{}\n)\n\
                  PARTITIONED BY (`dt` string, `hour` string)\nSTORED AS PARQUET\nLOCATION {};\n\
-                 MSCK REPAIR TABLE {schema}.{name};\n",
+                 MSCK REPAIR TABLE `{schema}`.`{name}`;\n",
                 defs.join(",\n"),
                 lit(&format!("{folder}/"))
             )
@@ -371,7 +380,8 @@ fn table(
             format!(
                 "CREATE OR REPLACE EXTERNAL TABLE {schema}.{name} (\n{}\n)\n\
                  PARTITION BY (dt, hour)\nLOCATION = @{schema}.analytics_processor_output/{}/\n\
-                 FILE_FORMAT = (TYPE = PARQUET)\nAUTO_REFRESH = FALSE;\n",
+                 FILE_FORMAT = (TYPE = PARQUET)\nAUTO_REFRESH = FALSE;\n\
+                 ALTER EXTERNAL TABLE {schema}.{name} REFRESH;\n",
                 defs.join(",\n"),
                 t.folder
             )
@@ -436,8 +446,18 @@ mod tests {
             Dialect::Snowflake,
         ] {
             let sql = statements(d, &s3(), "analytics", &tables()).unwrap();
-            for needle in ["system_metrics_1m", "error_rate", "venue", "dt", "hour"] {
-                assert!(sql.contains(needle), "{d:?} lacks {needle}:\n{sql}");
+            let body = sql.split_once("system_metrics_1m").map_or("", |(_, b)| b);
+            // Past the preamble: each table's own columns and partitions.
+            for needle in [
+                "error_rate",
+                "venue",
+                "signals",
+                "late_execution_results",
+                "payload",
+                "dt",
+                "hour",
+            ] {
+                assert!(body.contains(needle), "{d:?} lacks {needle}:\n{sql}");
             }
             let at = if d == Dialect::Clickhouse {
                 "http://127.0.0.1:9000/lake/ap/metrics/system_metrics_1m/"
@@ -473,16 +493,37 @@ mod tests {
         );
         assert!(ch.contains("`payload` Nullable(String)"), "{ch}");
         assert!(sql(Dialect::Bigquery).contains("`error_rate` FLOAT64"));
-        assert!(sql(Dialect::Trino).contains("\"signals\" bigint"));
+        let trino = sql(Dialect::Trino);
+        assert!(
+            trino.contains("\"signals\" bigint") && trino.contains("\"window_start\" timestamp(3)"),
+            "{trino}"
+        );
+        assert!(trino.contains("DROP TABLE IF EXISTS \"analytics\".\"system_metrics_1m\";\nCREATE TABLE \"analytics\".\"system_metrics_1m\" ("), "{trino}");
+        assert!(
+            trino.contains(
+                "CALL system.sync_partition_metadata('analytics', 'system_metrics_1m', 'FULL');"
+            ),
+            "{trino}"
+        );
+        let athena = sql(Dialect::Athena);
+        assert!(
+            athena.contains("CREATE EXTERNAL TABLE `analytics`.`late_execution_results` ("),
+            "{athena}"
+        );
+        assert!(
+            athena.contains("MSCK REPAIR TABLE `analytics`.`system_metrics_1m`;"),
+            "{athena}"
+        );
         assert!(sql(Dialect::Athena).contains("`payload` binary"));
         let snow = sql(Dialect::Snowflake);
-        assert!(
-            snow.contains(
-                "    window_start TIMESTAMP_TZ AS (VALUE:\"window_start\"::TIMESTAMP_TZ)"
-            ),
-            "{snow}"
-        );
-        assert!(snow.contains("this engine reads object storage"), "{snow}");
+        for needle in [
+            "    window_start TIMESTAMP_NTZ AS (VALUE:\"window_start\"::TIMESTAMP_NTZ)",
+            "    payload VARCHAR AS (VALUE:\"payload\"::VARCHAR)",
+            "ALTER EXTERNAL TABLE analytics.system_metrics_1m REFRESH;",
+            "this engine reads object storage",
+        ] {
+            assert!(snow.contains(needle), "{needle}:\n{snow}");
+        }
         assert!(sql(Dialect::Trino).contains("CREATE SCHEMA IF NOT EXISTS analytics;"));
         let bad = TableDef {
             schema: Schema::new(vec![Field::new("d", DataType::Date32, true)]),

@@ -177,12 +177,12 @@ pub async fn definitions(
     }
     let mut out = Vec::with_capacity(tables.len());
     for (t, schema) in tables {
-        let files = store
-            .list(&t.folder)
+        let has_files = store
+            .holds_any(&t.folder, ".parquet")
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         out.push(crate::ddl::TableDef {
-            has_files: files.iter().any(|(name, _)| name.ends_with(".parquet")),
+            has_files,
             name: t.name,
             folder: t.folder,
             schema,

@@ -1108,8 +1108,9 @@ async fn metric_files_reload_at_epoch_boundaries_and_files_name_their_definition
         .unwrap()
         .definition_hash();
     assert_ne!(old_hash, new_hash);
-    // Give the daemon an epoch boundary to see the edits, then events of 11:00.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Give the daemon time to see the edits (a file settles for a second
+    // first), then events of 11:00.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let at = |id: &str, t: &str| Msg {
         executions: true,
         key: "later".into(),
@@ -1173,6 +1174,23 @@ async fn metric_files_reload_at_epoch_boundaries_and_files_name_their_definition
         ["0|1"]
     );
     assert!(!dir.path().join("out/metrics/broken_1m").exists());
+    // Hour 10 is complete, but not for the two metrics whose current version
+    // began inside it.
+    assert_eq!(
+        select(
+            &store,
+            "SELECT table_name FROM _completeness
+             WHERE hour_start = '2026-01-01T10:00:00Z' ORDER BY 1"
+        )
+        .await,
+        [
+            "execution_errors_1m",
+            "executions_enriched",
+            "influencer_metrics_1m",
+            "signals",
+            "subscriber_metrics_1m"
+        ]
+    );
 
     // Reprocess with the new definitions: the 10:00 window follows them.
     std::fs::remove_file(sql.join("broken_1m.sql")).unwrap();

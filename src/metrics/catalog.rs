@@ -87,10 +87,65 @@ impl Reload {
     }
 }
 
+/// Identifies one rejected version of one file (see [`reload`]).
+pub fn rejection_key(m: &Metric) -> String {
+    format!("{}:{}", m.name, m.definition_hash())
+}
+
+/// A file modified this recently may still be being written: it is looked
+/// at again at a later reload.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn settling(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < SETTLE)
+}
+
+/// What a changed version breaks for readers of the files already written:
+/// a column removed (or renamed) or retyped. Adding columns is fine.
+pub async fn evolution_problems(old: &Metric, new: &Metric) -> Vec<Problem> {
+    let (Ok(before), Ok(after)) = (output_schema(old).await, output_schema(new).await) else {
+        return vec![];
+    };
+    let at = select_line(&new.sql);
+    before
+        .fields()
+        .iter()
+        .filter_map(|f| {
+            let message = match after.field_with_name(f.name()) {
+                Err(_) => format!(
+                    "column `{}` is gone (removed or renamed) but files already written have \
+                     it: add columns only, or see sql/README.md, Changing a metric's columns",
+                    f.name()
+                ),
+                Ok(n) if n.data_type() != f.data_type() => format!(
+                    "column `{}` changes type from {} to {}; files already written have the \
+                     old type: see sql/README.md, Changing a metric's columns",
+                    f.name(),
+                    f.data_type(),
+                    n.data_type()
+                ),
+                Ok(_) => return None,
+            };
+            Some(Problem {
+                path: new.path.clone(),
+                line: at,
+                column: 0,
+                message,
+            })
+        })
+        .collect()
+}
+
 /// Compares `running` with the files now in `dir`: added and changed files
-/// that pass the check take effect, a failing one keeps its last good
-/// version (or stays out, if new), a deleted one stops. `skip` holds the
-/// hashes of files already rejected: they are not checked and reported again.
+/// that pass the check (and, when changed, keep every column and its type)
+/// take effect, a failing one keeps its last good version (or stays out, if
+/// new), a deleted one stops. `skip` holds the [`rejection_key`]s of
+/// versions already rejected: they are not checked and reported again. A
+/// file written less than a second ago waits for the next reload.
 pub async fn reload(
     running: &[Metric],
     dir: &Path,
@@ -104,11 +159,14 @@ pub async fn reload(
             out.catalog.push(m.clone());
             continue;
         }
-        if skip.contains(&m.definition_hash()) {
+        if skip.contains(&rejection_key(m)) || settling(&m.path) {
             out.catalog.extend(current.cloned());
             continue;
         }
-        let problems = problems(std::slice::from_ref(m)).await;
+        let mut problems = problems(std::slice::from_ref(m)).await;
+        if let (true, Some(c)) = (problems.is_empty(), current) {
+            problems = evolution_problems(c, m).await;
+        }
         if problems.is_empty() {
             match current {
                 Some(_) => out.changed.push(m.name.clone()),
@@ -142,6 +200,11 @@ pub fn load(dir: &Path) -> Result<Vec<Metric>, CatalogError> {
         .map_err(|e| io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        // Editors' lock and backup files (`.#name.sql`, `.name.sql.swp`).
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     paths.sort();
     if paths.is_empty() {
@@ -603,7 +666,18 @@ mod tests {
                      subscriber_id, sum({col}) AS q FROM executions GROUP BY 1, 2"
             )
         };
-        let write = |name: &str, sql: &str| std::fs::write(dir.path().join(name), sql).unwrap();
+        // Written a while ago, as far as the settling rule can tell.
+        let write = |name: &str, sql: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, sql).unwrap();
+            let past = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+        };
         write("a.sql", &q("fee"));
         write("b.sql", &q("fee"));
         let running = load(dir.path()).unwrap();
@@ -633,11 +707,7 @@ mod tests {
         assert_eq!(r.catalog[1], running[1], "b keeps its last good version");
 
         // Rejected versions are not checked or reported again; removals count.
-        let skip = r
-            .rejected
-            .iter()
-            .map(|(m, _)| m.definition_hash())
-            .collect();
+        let skip = r.rejected.iter().map(|(m, _)| rejection_key(m)).collect();
         std::fs::remove_file(dir.path().join("a.sql")).unwrap();
         let again = reload(&r.catalog, dir.path(), &skip).await.unwrap();
         assert!(again.rejected.is_empty() && again.added.is_empty());
@@ -645,6 +715,50 @@ mod tests {
         let names: Vec<_> = again.catalog.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);
         assert_eq!(running[0].definition_hash().len(), 64);
+
+        // A file being written now waits; a removed or retyped column is refused.
+        std::fs::write(dir.path().join("c.sql"), q("filled_qty")).unwrap();
+        let settling = reload(&again.catalog, dir.path(), &skip).await.unwrap();
+        assert!(settling.is_empty(), "{settling:?}");
+        let q2 = |cols: &str| {
+            format!(
+                "{HEAD}SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start,\n\
+                     subscriber_id, {cols} FROM executions GROUP BY 1, 2"
+            )
+        };
+        write("c.sql", &q2("sum(fee) AS q, count(*) AS n")); // adds a column: fine
+        let added = reload(&again.catalog, dir.path(), &skip).await.unwrap();
+        assert_eq!(added.changed, ["c"]);
+        write("c.sql", &q2("sum(fee) AS total")); // q is gone
+        let gone = reload(&added.catalog, dir.path(), &skip).await.unwrap();
+        assert!(
+            gone.rejected[0]
+                .1
+                .iter()
+                .any(|p| p.message.contains("column `q` is gone")),
+            "{gone:?}"
+        );
+        assert!(
+            gone.rejected[0]
+                .1
+                .iter()
+                .any(|p| p.message.contains("column `n` is gone")),
+            "{gone:?}"
+        );
+        write("c.sql", &q2("count(*) AS q, count(*) AS n")); // q: double -> bigint
+        let retyped = reload(&added.catalog, dir.path(), &skip).await.unwrap();
+        let p = &retyped.rejected[0].1;
+        assert!(
+            p.len() == 1
+                && p[0]
+                    .message
+                    .contains("column `q` changes type from Float64 to Int64"),
+            "{p:?}"
+        );
+        assert_eq!(
+            retyped.catalog[1], added.catalog[1],
+            "the last good version stays"
+        );
         assert_ne!(running[0].definition_hash(), r.catalog[0].definition_hash());
     }
 

@@ -21,12 +21,12 @@ use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use super::catalog::Metric;
-use super::engine::{write_partitioned, FileNaming, Finalizer};
+use super::engine::{finalize_budget, write_partitioned, FileNaming, Finalizer};
 use crate::buffer::{EpochBuffer, Message, Outcome};
 use crate::config::RunOpts;
 use crate::schema::{Topics, EXECUTIONS_TOPIC, SIGNALS_TOPIC};
 use crate::sink::store::{OutputStore, S3Options};
-use crate::window::{final_bound, watermark_of, window_start, WINDOW_MICROS};
+use crate::window::{chunk_end, final_bound, watermark_of, window_start, WINDOW_MICROS};
 
 /// The input and expected rows of one metric's test.
 pub const INPUT_FILE: &str = "input.jsonl";
@@ -214,6 +214,8 @@ pub async fn run(
     let mut seen_ids = HashSet::new();
     let mut epoch_times = Vec::new();
     let mut first_open: Option<i64> = None;
+    let mut window_events: BTreeMap<i64, u64> = BTreeMap::new();
+    let budget = finalize_budget(defaults.memory_limit);
     let mut finalized_through: Option<i64> = None;
 
     let mut steps = steps.into_iter().peekable();
@@ -230,10 +232,14 @@ pub async fn run(
                 let offset = next_offset.entry(key.clone()).or_default();
                 let m = Message::with_value(topic, *partition, *offset, value);
                 *offset += 1;
-                let seen = newest.entry(key).or_default();
                 match buffer.push(&m, 0) {
                     Outcome::Accepted { event_time, .. } => {
+                        // A partition counts for the watermark once it has
+                        // delivered a valid event (the daemon's idle timeout
+                        // releases one that never does).
+                        let seen = newest.entry(key).or_default();
                         *seen = (*seen).max(Some(event_time));
+                        *window_events.entry(window_start(event_time)).or_default() += 1;
                         epoch_times.push(event_time);
                         if event_id(topic, value).is_some_and(|id| !seen_ids.insert(id)) {
                             counts.duplicates += 1;
@@ -284,57 +290,83 @@ pub async fn run(
         };
         let from = finalized_through.or(first_open);
         if let (Some(from), Some(to)) = (from, to) {
-            if from < to {
+            // In the daemon's chunks: at most ten windows, never across an hour.
+            let mut start = from;
+            while start < to {
+                let end = chunk_end(start, to, &window_events, budget);
                 let s = finalizer
-                    .finalize(metrics, from, to)
+                    .finalize(metrics, start, end)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 if let Some((_, e)) = s.metric_errors.first() {
                     return Err(failed(e.clone()));
                 }
-                finalized_through = Some(to);
+                finalized_through = Some(end);
+                start = end;
             }
         }
         if step.is_none() {
             break;
         }
     }
-    let rows = metric_rows(&store, &metric.name, keys)
-        .await
-        .map_err(failed)?;
+    let rows = metric_rows(&store, metric, keys).await.map_err(failed)?;
     Ok((counts, rows))
 }
 
-/// The rows the metric wrote, as CSV lines sorted by its keys.
+/// The rows the metric wrote, as CSV lines sorted by its keys (then by
+/// every column, so equal keys come out in one order): a header first, from
+/// the metric's output schema when it wrote nothing.
 async fn metric_rows(
     store: &OutputStore,
-    name: &str,
+    metric: &Metric,
     keys: &[String],
 ) -> Result<Vec<String>, String> {
+    let header = |names: Vec<&str>| {
+        names
+            .into_iter()
+            .map(csv_field)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let ctx = crate::query::context(store)
         .await
         .map_err(|e| e.to_string())?;
-    if !ctx.table_exist(name).map_err(|e| e.to_string())? {
-        return Ok(vec![]);
+    let name = &metric.name;
+    if !ctx.table_exist(name.as_str()).map_err(|e| e.to_string())? {
+        let schema = super::catalog::output_schema(metric)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(vec![header(
+            schema.fields().iter().map(|f| f.name().as_str()).collect(),
+        )]);
     }
+    let written = ctx.table(name.as_str()).await.map_err(|e| e.to_string())?;
+    let columns: Vec<String> = written
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| n != "dt" && n != "hour")
+        .collect();
     let order = keys
         .iter()
+        .chain(columns.iter().filter(|c| !keys.contains(c)))
         .map(|k| format!("\"{k}\" NULLS FIRST"))
         .collect::<Vec<_>>()
         .join(", ");
     let df = ctx
         .sql(&format!(
-            "SELECT * EXCLUDE (dt, hour) FROM {name} ORDER BY {order}"
+            "SELECT * EXCLUDE (dt, hour) FROM \"{name}\" ORDER BY {order}"
         ))
         .await
         .map_err(|e| e.to_string())?;
-    let header = df
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| csv_field(f.name()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let header = header(
+        df.schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect(),
+    );
     let batches = df.collect().await.map_err(|e| e.to_string())?;
     let mut lines = vec![header];
     lines.extend(csv_lines(&batches).map_err(|e| e.to_string())?);
@@ -641,6 +673,30 @@ mod tests {
                 && report.contains("- 2026-01-01T10:00:00Z,kraken,VENUE_TIMEOUT,1,1"),
             "{report}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_metric_without_rows_has_a_header_and_can_be_blessed() {
+        let (metrics, fixtures) = shipped();
+        let mut m = metrics
+            .into_iter()
+            .find(|m| m.name == "execution_errors_1m")
+            .unwrap();
+        m.sql = m.sql.replace("'rejected', 'failed'", "'no such status'");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(&m.name)).unwrap();
+        std::fs::copy(
+            fixtures.join(&m.name).join(INPUT_FILE),
+            dir.path().join(&m.name).join(INPUT_FILE),
+        )
+        .unwrap();
+        let t = test(&m, dir.path(), true).await.unwrap();
+        assert_eq!(
+            t.actual,
+            ["window_start,venue,error_code,errors,affected_subscribers"]
+        );
+        assert!(t.passed(), "{t:?}");
+        assert!(test(&m, dir.path(), false).await.unwrap().passed());
     }
 
     #[tokio::test]

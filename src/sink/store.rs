@@ -227,6 +227,23 @@ impl OutputStore {
         Ok(out)
     }
 
+    /// Whether any object under the folder `rel` ends with `suffix`; stops
+    /// at the first (a folder can hold very many).
+    pub async fn holds_any(&self, rel: &str, suffix: &str) -> Result<bool, StoreError> {
+        let prefix = self.path(rel);
+        let mut objects = self.store.list(Some(&prefix));
+        while let Some(m) = objects
+            .try_next()
+            .await
+            .map_err(self.io("listing", &prefix))?
+        {
+            if m.location.as_ref().ends_with(suffix) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Names of the sub-folders directly under the folder `rel`.
     pub async fn folders(&self, rel: &str) -> Result<Vec<String>, StoreError> {
         let prefix = self.path(rel);
