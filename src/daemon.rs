@@ -200,9 +200,11 @@ struct Daemon {
     resync: BTreeMap<(String, i32), i64>,
     /// The finalizer lease term this instance holds.
     term: Option<u64>,
-    /// Hashes of metric file versions that failed their check (reported
-    /// once each), and `folder: …` while the folder itself is unusable.
+    /// Metric file versions that failed their check (`catalog::rejection_key`),
+    /// reported once each.
     rejected: HashSet<String>,
+    /// Why the metric folder itself is unusable, while it is (reported once).
+    folder_problem: Option<String>,
     /// For metrics added or changed while running: the window bound from
     /// which their current version finalizes.
     metric_since: BTreeMap<String, i64>,
@@ -254,8 +256,7 @@ pub async fn run(
         return Err(DaemonError::InstanceId(instance));
     }
     let store = OutputStore::open(&common.output, &common.s3)?;
-    let metrics = catalog::load(&common.sql_dir)?;
-    catalog::check(&metrics).await?;
+    let metrics = catalog::load_checked(&common.sql_dir).await?;
     let coordinator = Coordinator::new(
         store.clone(),
         &instance,
@@ -315,6 +316,7 @@ pub async fn run(
         resync: BTreeMap::new(),
         term: None,
         rejected: HashSet::new(),
+        folder_problem: None,
         metric_since: BTreeMap::new(),
     };
     d.load_next_offsets().await?;
@@ -536,19 +538,21 @@ impl Daemon {
             Ok(r) => r,
             Err(e) => {
                 // An unreadable or emptied folder: keep what runs, say it once.
-                if self.rejected.insert(format!("folder: {e}")) {
+                let e = e.to_string();
+                if self.folder_problem.as_ref() != Some(&e) {
                     DefinitionRejected {
                         metric: "*",
                         file: &dir,
-                        problems: &e.to_string(),
+                        problems: &e,
                         kept: true,
                     }
                     .emit(&mut self.summary);
+                    self.folder_problem = Some(e);
                 }
                 return;
             }
         };
-        self.rejected.retain(|k| !k.starts_with("folder: "));
+        self.folder_problem = None;
         if r.is_empty() {
             return;
         }

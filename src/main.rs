@@ -142,8 +142,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             schema,
         } => {
             let c = common.or(file.common).resolve();
-            let metrics = catalog::load(&c.sql_dir)?;
-            catalog::check(&metrics).await?;
+            let metrics = catalog::load_checked(&c.sql_dir).await?;
             let store = OutputStore::open(&c.output, &c.s3)?;
             let tables = analytics_processor::tables::definitions(&store, &metrics).await?;
             let root = ddl::Root {
@@ -180,8 +179,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let c = common.or(file.common).resolve();
-            let catalog = catalog::load(&c.sql_dir)?;
-            catalog::check(&catalog).await?;
+            let catalog = catalog::load_checked(&c.sql_dir).await?;
             let failed =
                 fixture::test_catalog(&catalog, &fixtures, bless, &metrics, &mut std::io::stdout())
                     .await?;

@@ -363,6 +363,14 @@ pub async fn output_schema(metric: &Metric) -> Result<arrow::datatypes::Schema, 
     Ok(super::engine::output_schema(df.schema().as_arrow()))
 }
 
+/// Reads `dir` and checks every file: what the daemon and the commands
+/// that run metrics start from.
+pub async fn load_checked(dir: &Path) -> Result<Vec<Metric>, CatalogError> {
+    let metrics = load(dir)?;
+    check(&metrics).await?;
+    Ok(metrics)
+}
+
 /// Parses and plans every metric; fails with every problem, each naming its
 /// file, line and column.
 pub async fn check(metrics: &[Metric]) -> Result<(), CatalogError> {

@@ -627,6 +627,13 @@ mod tests {
         (metrics, root.join("fixtures"))
     }
 
+    /// One shipped metric and the shipped fixtures folder.
+    fn shipped_metric(name: &str) -> (Metric, PathBuf) {
+        let (metrics, fixtures) = shipped();
+        let m = metrics.into_iter().find(|m| m.name == name).unwrap();
+        (m, fixtures)
+    }
+
     #[tokio::test]
     async fn every_shipped_metric_passes_its_fixture() {
         let (metrics, fixtures) = shipped();
@@ -645,11 +652,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_definition_fails_with_the_changed_rows() {
-        let (metrics, fixtures) = shipped();
-        let mut m = metrics
-            .into_iter()
-            .find(|m| m.name == "execution_errors_1m")
-            .unwrap();
+        let (mut m, fixtures) = shipped_metric("execution_errors_1m");
         m.sql = m.sql.replace("'rejected', 'failed'", "'rejected'");
         let t = test(&m, &fixtures, false).await.unwrap();
         assert!(!t.passed());
@@ -677,11 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_metric_without_rows_has_a_header_and_can_be_blessed() {
-        let (metrics, fixtures) = shipped();
-        let mut m = metrics
-            .into_iter()
-            .find(|m| m.name == "execution_errors_1m")
-            .unwrap();
+        let (mut m, fixtures) = shipped_metric("execution_errors_1m");
         m.sql = m.sql.replace("'rejected', 'failed'", "'no such status'");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(&m.name)).unwrap();
@@ -701,11 +700,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fixture_without_late_duplicated_and_malformed_events_fails() {
-        let (metrics, _) = shipped();
-        let m = metrics
-            .into_iter()
-            .find(|m| m.name == "system_metrics_1m")
-            .unwrap();
+        let (m, _) = shipped_metric("system_metrics_1m");
         let dir = tempfile::tempdir().unwrap();
         let own = dir.path().join(&m.name);
         std::fs::create_dir(&own).unwrap();
