@@ -32,6 +32,9 @@ CHECKS = [
     " sum(error_rate) AS er FROM system_metrics_1m",
     "SELECT count(*) AS n, sum(errors) AS e, sum(affected_subscribers) AS a FROM execution_errors_1m",
     "SELECT count(*) AS n, count(DISTINCT error_kind) AS kinds FROM dead_letter_execution_results",
+    # Unsigned integers (the lease term) and the hour markers of final tables.
+    "SELECT count(*) AS n, count(DISTINCT table_name) AS tables, min(hour_start) AS first, sum(lease_term) AS terms"
+    " FROM _completeness",
     # Partition columns come from the paths in every engine, as strings.
     "SELECT count(DISTINCT dt) AS days, count(DISTINCT hour) AS hours, min(dt) AS first_day, max(hour) AS last_hour"
     " FROM raw_execution_results",

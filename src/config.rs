@@ -83,6 +83,11 @@ pub enum Command {
         /// athena, bigquery and snowflake.
         #[arg(long, default_value = "analytics")]
         schema: String,
+        /// How the warehouse reaches an s3:// output: for bigquery the
+        /// connection `region.name` (BigQuery Omni), for snowflake the
+        /// storage integration of the stage. Others use their own credentials.
+        #[arg(long)]
+        connection: Option<String>,
     },
     /// Work with the metric SQL files.
     Sql {

@@ -25,6 +25,7 @@ use crate::metrics::engine::{
     finalize_budget, plan_partitioned, write_planned, EngineError, FileNaming, Finalizer,
     PlannedFile,
 };
+use crate::metrics::running;
 use crate::schema::{EXECUTIONS_TOPIC, SIGNALS_TOPIC};
 use crate::sink::store::{OutputStore, StoreError};
 use crate::source::kafka;
@@ -200,6 +201,9 @@ struct Daemon {
     resync: BTreeMap<(String, i32), i64>,
     /// The finalizer lease term this instance holds.
     term: Option<u64>,
+    /// The definitions recorded on the store as running (`metrics::running`);
+    /// rewritten when `metrics` moves away from them.
+    recorded: Vec<Metric>,
     /// Metric file versions that failed their check (`catalog::rejection_key`),
     /// reported once each.
     rejected: HashSet<String>,
@@ -233,6 +237,14 @@ impl DefinitionRejected<'_> {
     }
 }
 
+/// Whether `a` and `b` hold the same definitions (paths aside: a recorded
+/// version and its file are the same definition).
+fn same_definitions(a: &[Metric], b: &[Metric]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|m| b.iter().any(|n| n.name == m.name && n.sql == m.sql))
+}
+
 /// Names safe in store paths and file names.
 fn valid_instance_id(id: &str) -> bool {
     !id.is_empty()
@@ -256,7 +268,15 @@ pub async fn run(
         return Err(DaemonError::InstanceId(instance));
     }
     let store = OutputStore::open(&common.output, &common.s3)?;
-    let metrics = catalog::load_checked(&common.sql_dir).await?;
+    // What ran here last is the baseline the folder is compared with, as at
+    // every reload: a file broken while the daemon was stopped keeps its
+    // last good version running.
+    let recorded = running::recorded(&store).await?;
+    if recorded.is_empty() {
+        // Nothing ran here before: an unusable folder (a wrong --sql-dir)
+        // stops the start rather than leaving the daemon without metrics.
+        catalog::load(&common.sql_dir)?;
+    }
     let coordinator = Coordinator::new(
         store.clone(),
         &instance,
@@ -293,7 +313,7 @@ pub async fn run(
         run.lookback.as_micros() as i64,
     )?;
     info!(output = %store.root_url(), brokers = %common.brokers, group = %common.group,
-          instance = %instance, metrics = metrics.len(), epoch = progress.next_epoch, "daemon started");
+          instance = %instance, epoch = progress.next_epoch, "daemon started");
     let mut d = Daemon {
         tracker: WatermarkTracker::new(run.allowed_lateness, run.idle_timeout),
         buffer: EpochBuffer::new(topics),
@@ -304,7 +324,8 @@ pub async fn run(
         checkpoints,
         coordinator,
         finalizer: Arc::new(finalizer),
-        metrics: Arc::new(metrics),
+        metrics: Arc::new(recorded.clone()),
+        recorded,
         consumer: Arc::new(consumer),
         progress,
         summary: RunSummary::default(),
@@ -319,6 +340,8 @@ pub async fn run(
         folder_problem: None,
         metric_since: BTreeMap::new(),
     };
+    d.reload_metrics(false).await;
+    info!(metrics = d.metrics.len(), "metrics running");
     d.load_next_offsets().await?;
     d.main_loop(cancel).await?;
     // Others need not wait for this instance's heartbeat to expire.
@@ -517,7 +540,7 @@ impl Daemon {
             let batches = self.buffer.take();
             self.commit_epoch(batches).await?;
         }
-        self.reload_metrics().await;
+        self.reload_metrics(true).await;
         // Coordination is retried at the next epoch: a failure here delays
         // finalization, it loses nothing.
         match self.coordinate(end_of_input).await {
@@ -531,10 +554,11 @@ impl Daemon {
 
     /// Picks up changed, added and removed metric files. Called between
     /// finalizations, so every window is finalized with one version of
-    /// each definition.
-    async fn reload_metrics(&mut self) {
+    /// each definition. `settle`: leave files saved within the last second
+    /// for later (not at start, when nothing is being saved as we look).
+    async fn reload_metrics(&mut self, settle: bool) {
         let dir = self.common.sql_dir.clone();
-        let r = match catalog::reload(&self.metrics, &dir, &self.rejected).await {
+        let r = match catalog::reload(&self.metrics, &dir, &self.rejected, settle).await {
             Ok(r) => r,
             Err(e) => {
                 // An unreadable or emptied folder: keep what runs, say it once.
@@ -553,9 +577,21 @@ impl Daemon {
             }
         };
         self.folder_problem = None;
-        if r.is_empty() {
-            return;
+        if !r.is_empty() {
+            self.take_reload(r);
         }
+        if !same_definitions(&self.recorded, &self.metrics) {
+            match running::record(&self.store, &self.recorded, &self.metrics).await {
+                Ok(()) => self.recorded = self.metrics.to_vec(),
+                // Tried again at the next epoch; meanwhile a restart would
+                // compare the folder with the versions that ran before.
+                Err(e) => warn!(error = %e, "could not record the running metric definitions"),
+            }
+        }
+    }
+
+    /// Reports what a reload found and runs its catalog from now on.
+    fn take_reload(&mut self, r: catalog::Reload) {
         for (m, problems) in &r.rejected {
             self.rejected.insert(catalog::rejection_key(m));
             let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();

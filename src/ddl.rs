@@ -49,6 +49,10 @@ pub struct Root {
     pub location: String,
     /// The S3 endpoint of an S3-compatible server (`http://host:port`).
     pub endpoint: Option<String>,
+    /// How the warehouse reaches the bucket: BigQuery's connection
+    /// (`region.name`, for s3:// through BigQuery Omni), Snowflake's storage
+    /// integration. Other engines use their own credentials.
+    pub connection: Option<String>,
 }
 
 impl Root {
@@ -80,28 +84,48 @@ pub const PARTITION_COLUMNS: [&str; 2] = ["dt", "hour"];
 /// Files of a table: `<folder>/dt=…/hour=…/*.parquet`.
 const FILES: &str = "*/*/*.parquet";
 
-/// The column type of `t` in `dialect`.
-fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
+/// The column types the tables can declare, one name per dialect each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    String,
+    Int32,
+    Int64,
+    UInt64,
+    Float64,
+    Boolean,
+    Binary,
+    Date,
+    /// Microseconds, UTC: what every time column is written as.
+    Timestamp,
+}
+
+/// The kind of an Arrow type as written in the Parquet files, if any
+/// dialect-independent declaration reads it back.
+fn kind(t: &DataType) -> Option<Kind> {
     use DataType::*;
-    let utc_micros =
-        matches!(t, Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC");
-    let t = match t {
-        Dictionary(_, v) => v.as_ref(),
-        t => t,
-    };
-    let i = match t {
-        Utf8 | LargeUtf8 | Utf8View => 0,
-        Int32 => 1,
-        Int64 => 2,
-        UInt64 => 3,
-        Float64 => 4,
-        Boolean => 5,
-        Binary | LargeBinary | BinaryView => 6,
-        Timestamp(_, _) if utc_micros => 7,
+    Some(match t {
+        Dictionary(_, v) => return kind(v),
+        Utf8 | LargeUtf8 | Utf8View => Kind::String,
+        Int32 => Kind::Int32,
+        Int64 => Kind::Int64,
+        UInt64 => Kind::UInt64,
+        Float64 => Kind::Float64,
+        Boolean => Kind::Boolean,
+        Binary | LargeBinary | BinaryView => Kind::Binary,
+        Date32 => Kind::Date,
+        Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => Kind::Timestamp,
         _ => return None,
-    };
-    // string, int32, int64, uint64, float64, bool, binary, timestamp µs UTC
-    let names: [&str; 8] = match dialect {
+    })
+}
+
+/// Whether every dialect can declare a column of type `t`.
+pub fn declarable(t: &DataType) -> bool {
+    kind(t).is_some()
+}
+
+/// The type names of `dialect`, in the order of [`Kind`].
+fn type_names(dialect: Dialect) -> [&'static str; 9] {
+    match dialect {
         Dialect::Duckdb => [
             "VARCHAR",
             "INTEGER",
@@ -110,6 +134,7 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "DOUBLE",
             "BOOLEAN",
             "BLOB",
+            "DATE",
             "TIMESTAMPTZ",
         ],
         Dialect::Clickhouse => [
@@ -120,6 +145,7 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "Nullable(Float64)",
             "Nullable(Bool)",
             "Nullable(String)",
+            "Nullable(Date32)",
             "Nullable(DateTime64(6, 'UTC'))",
         ],
         Dialect::Trino => [
@@ -130,6 +156,7 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "double",
             "boolean",
             "varbinary",
+            "date",
             // What the Hive connector creates; read with microseconds by
             // setting the catalog's timestamp_precision (see the preamble).
             "timestamp(3)",
@@ -142,6 +169,7 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "double",
             "boolean",
             "binary",
+            "date",
             "timestamp",
         ],
         Dialect::Bigquery => [
@@ -152,6 +180,7 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "FLOAT64",
             "BOOL",
             "BYTES",
+            "DATE",
             "TIMESTAMP",
         ],
         Dialect::Snowflake => [
@@ -163,10 +192,15 @@ fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
             "BOOLEAN",
             // Parquet bytes arrive as text (BINARY_AS_TEXT); times are UTC.
             "VARCHAR",
+            "DATE",
             "TIMESTAMP_NTZ",
         ],
-    };
-    Some(names[i])
+    }
+}
+
+/// The column type of `t` in `dialect`.
+fn column_type(dialect: Dialect, t: &DataType) -> Option<&'static str> {
+    kind(t).map(|k| type_names(dialect)[k as usize])
 }
 
 /// `(name, type)` of every column of `t` in `dialect`.
@@ -248,16 +282,30 @@ fn preamble(dialect: Dialect, root: &Root, schema: &str) -> String {
              -- SET SESSION <catalog>.timestamp_precision = 'MICROSECONDS';"
         )),
         Dialect::Athena => lines.push(format!("CREATE DATABASE IF NOT EXISTS {schema};")),
-        Dialect::Bigquery => lines.push(format!(
-            "CREATE SCHEMA IF NOT EXISTS `{schema}`;\n\
-             -- s3:// URIs need BigQuery Omni: add WITH CONNECTION `<region>.<connection>` to each table."
-        )),
+        Dialect::Bigquery => {
+            lines.push(format!("CREATE SCHEMA IF NOT EXISTS `{schema}`;"));
+            if root.is_s3() && root.connection.is_none() {
+                lines.push(
+                    "-- s3:// is read through BigQuery Omni: run `ddl` again with \
+                     --connection <region>.<connection>."
+                        .into(),
+                );
+            }
+        }
         Dialect::Snowflake => lines.push(format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};\n\
              CREATE STAGE IF NOT EXISTS {schema}.analytics_processor_output\n  URL = {}\n  \
-             FILE_FORMAT = (TYPE = PARQUET);\n  \
-             -- add STORAGE_INTEGRATION = <integration> (or CREDENTIALS) for a private bucket",
-            lit(&format!("{}/", root.location.trim_end_matches('/')))
+             {}FILE_FORMAT = (TYPE = PARQUET);{}",
+            lit(&format!("{}/", root.location.trim_end_matches('/'))),
+            root.connection.as_deref().map_or(String::new(), |c| {
+                format!("STORAGE_INTEGRATION = {c}\n  ")
+            }),
+            if root.connection.is_none() {
+                "\n-- A private bucket needs a storage integration: run `ddl` again with \
+                 --connection <integration>."
+            } else {
+                ""
+            }
         )),
         _ => {}
     }
@@ -357,29 +405,36 @@ fn table(
                 .map(|(c, ty)| format!("    `{c}` {ty}"))
                 .collect();
             format!(
-                "CREATE OR REPLACE EXTERNAL TABLE `{schema}.{name}` (\n{}\n)\n\
+                "CREATE OR REPLACE EXTERNAL TABLE `{schema}.{name}` (\n{}\n)\n{}\
                  WITH PARTITION COLUMNS (`dt` STRING, `hour` STRING)\nOPTIONS (\n    \
                  format = 'PARQUET',\n    uris = [{}],\n    hive_partition_uri_prefix = {}\n);\n",
                 defs.join(",\n"),
+                root.connection
+                    .as_deref()
+                    .map_or(String::new(), |c| format!("WITH CONNECTION `{c}`\n")),
                 lit(&format!("{folder}/*")),
                 lit(&format!("{folder}/"))
             )
         }
         Dialect::Snowflake => {
+            // Names quoted in upper case: what Snowflake folds unquoted names
+            // to, so queries need no quotes, and a reserved word still works.
             let part = |p: &str| {
                 format!(
-                    "    {p} VARCHAR AS (SPLIT_PART(SPLIT_PART(METADATA$FILENAME, '{p}=', 2), '/', 1))"
+                    "    \"{}\" VARCHAR AS (SPLIT_PART(SPLIT_PART(METADATA$FILENAME, '{p}=', 2), '/', 1))",
+                    p.to_uppercase()
                 )
             };
             let defs: Vec<String> = cols
                 .iter()
-                // Unquoted names: Snowflake folds them, so queries need no quotes.
-                .map(|(c, ty)| format!("    {c} {ty} AS (VALUE:\"{c}\"::{ty})"))
+                .map(|(c, ty)| {
+                    format!("    \"{}\" {ty} AS (VALUE:\"{c}\"::{ty})", c.to_uppercase())
+                })
                 .chain(PARTITION_COLUMNS.iter().map(|p| part(p)))
                 .collect();
             format!(
                 "CREATE OR REPLACE EXTERNAL TABLE {schema}.{name} (\n{}\n)\n\
-                 PARTITION BY (dt, hour)\nLOCATION = @{schema}.analytics_processor_output/{}/\n\
+                 PARTITION BY (\"DT\", \"HOUR\")\nLOCATION = @{schema}.analytics_processor_output/{}/\n\
                  FILE_FORMAT = (TYPE = PARQUET)\nAUTO_REFRESH = FALSE;\n\
                  ALTER EXTERNAL TABLE {schema}.{name} REFRESH;\n",
                 defs.join(",\n"),
@@ -425,6 +480,7 @@ mod tests {
         Root {
             location: "/data/out".into(),
             endpoint: None,
+            connection: None,
         }
     }
 
@@ -432,6 +488,7 @@ mod tests {
         Root {
             location: "s3://lake/ap".into(),
             endpoint: Some("http://127.0.0.1:9000".into()),
+            connection: None,
         }
     }
 
@@ -517,8 +574,10 @@ mod tests {
         assert!(sql(Dialect::Athena).contains("`payload` binary"));
         let snow = sql(Dialect::Snowflake);
         for needle in [
-            "    window_start TIMESTAMP_NTZ AS (VALUE:\"window_start\"::TIMESTAMP_NTZ)",
-            "    payload VARCHAR AS (VALUE:\"payload\"::VARCHAR)",
+            "    \"WINDOW_START\" TIMESTAMP_NTZ AS (VALUE:\"window_start\"::TIMESTAMP_NTZ)",
+            "    \"PAYLOAD\" VARCHAR AS (VALUE:\"payload\"::VARCHAR)",
+            "PARTITION BY (\"DT\", \"HOUR\")",
+            "--connection <integration>",
             "ALTER EXTERNAL TABLE analytics.system_metrics_1m REFRESH;",
             "this engine reads object storage",
         ] {
@@ -526,7 +585,7 @@ mod tests {
         }
         assert!(sql(Dialect::Trino).contains("CREATE SCHEMA IF NOT EXISTS analytics;"));
         let bad = TableDef {
-            schema: Schema::new(vec![Field::new("d", DataType::Date32, true)]),
+            schema: Schema::new(vec![Field::new("d", DataType::Decimal128(10, 2), true)]),
             ..tables().remove(0)
         };
         let e = statements(Dialect::Trino, &local(), "a", &[bad]).unwrap_err();
@@ -534,6 +593,7 @@ mod tests {
             e.to_string().contains("table system_metrics_1m, column d"),
             "{e}"
         );
+        assert!(!declarable(&DataType::Decimal128(10, 2)));
         // A nanosecond timestamp is not what the writer produces: refused.
         assert_eq!(
             column_type(
@@ -541,6 +601,54 @@ mod tests {
                 &DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
             ),
             None
+        );
+    }
+
+    #[test]
+    fn dates_are_declared_as_dates() {
+        let t = TableDef {
+            schema: Schema::new(vec![Field::new("day", DataType::Date32, true)]),
+            ..tables().remove(0)
+        };
+        for (d, want) in [
+            (Dialect::Duckdb, "CAST(\"day\" AS DATE)"),
+            (Dialect::Clickhouse, "`day` Nullable(Date32)"),
+            (Dialect::Trino, "\"day\" date"),
+            (Dialect::Athena, "`day` date"),
+            (Dialect::Bigquery, "`day` DATE"),
+            (Dialect::Snowflake, "\"DAY\" DATE AS (VALUE:\"day\"::DATE)"),
+        ] {
+            let sql = statements(d, &s3(), "a", std::slice::from_ref(&t)).unwrap();
+            assert!(sql.contains(want), "{d:?} lacks {want}:\n{sql}");
+        }
+    }
+
+    #[test]
+    fn a_connection_goes_where_each_engine_takes_it() {
+        let root = Root {
+            connection: Some("us-east-1.lake".into()),
+            ..s3()
+        };
+        let bq = statements(Dialect::Bigquery, &root, "a", &tables()).unwrap();
+        // BigQuery takes WITH CONNECTION after the columns, before the
+        // partition columns.
+        assert!(
+            bq.contains("\n)\nWITH CONNECTION `us-east-1.lake`\nWITH PARTITION COLUMNS"),
+            "{bq}"
+        );
+        assert!(!bq.contains("run `ddl` again"), "{bq}");
+        let without = statements(Dialect::Bigquery, &s3(), "a", &tables()).unwrap();
+        assert!(!without.contains("WITH CONNECTION"), "{without}");
+        assert!(
+            without.contains("--connection <region>.<connection>"),
+            "{without}"
+        );
+        let snow = statements(Dialect::Snowflake, &root, "a", &tables()).unwrap();
+        assert!(
+            snow.contains(
+                "STORAGE_INTEGRATION = us-east-1.lake\n  FILE_FORMAT = (TYPE = PARQUET);"
+            ),
+            "{snow}"
         );
     }
 }

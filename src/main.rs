@@ -140,6 +140,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             common,
             dialect,
             schema,
+            connection,
         } => {
             let c = common.or(file.common).resolve();
             let metrics = catalog::load_checked(&c.sql_dir).await?;
@@ -148,6 +149,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let root = ddl::Root {
                 location: store.local_dir().unwrap_or_else(|| store.root_url()),
                 endpoint: c.s3.endpoint.clone(),
+                connection,
             };
             print!("{}", ddl::statements(dialect, &root, &schema, &tables)?);
         }
@@ -159,7 +161,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let problems = catalog::problems(&metrics).await;
             for m in &metrics {
                 if let (Ok(h), false) = (m.header(), problems.iter().any(|p| p.path == m.path)) {
-                    println!("ok     {}  (keys: {})", m.path.display(), h.keys.join(", "));
+                    println!(
+                        "ok     {}  (keys: {})\n       {}",
+                        m.path.display(),
+                        h.keys.join(", "),
+                        h.description
+                    );
                 }
             }
             for p in &problems {

@@ -34,6 +34,7 @@ use crate::config::Common;
 use crate::coordination::{host_name, now_ms, process_gone, CoordinationError, Coordinator};
 use crate::metrics::catalog::{self, CatalogError};
 use crate::metrics::engine::{finalize_budget, format_bound, EngineError, Finalizer};
+use crate::metrics::running;
 use crate::query::{self, QueryError};
 use crate::sink::partition::HourPartition;
 use crate::sink::store::{OutputStore, StoreError};
@@ -290,6 +291,12 @@ pub async fn reprocess(
         metrics.retain(|m| opts.metrics.contains(&m.name));
     }
     catalog::check(&metrics).await?;
+    // The column rule holds here as in the daemon: against the versions
+    // that wrote the files.
+    let breaks = running::evolution_problems(&store, &metrics).await?;
+    if !breaks.is_empty() {
+        return Err(CatalogError::Invalid(breaks).into());
+    }
     let coordinator = Coordinator::new(store.clone(), "reprocess", 0);
     let final_through = coordinator.progress().await?.map(|p| p.finalized_through);
     if final_through.is_none_or(|f| to > f) {

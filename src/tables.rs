@@ -109,7 +109,7 @@ pub fn fixed_tables() -> Vec<Table> {
     ]
 }
 
-/// The table of `folder`, as fixed_tables() names it.
+/// The folder of the table `name`: a fixed table's, else a metric's.
 pub fn folder_of(name: &str) -> String {
     fixed_tables()
         .into_iter()
@@ -144,7 +144,17 @@ pub async fn register(ctx: &SessionContext, store: &OutputStore, table: &Table) 
                             .collect::<Vec<_>>(),
                     )))
                 }
-                _ => return Ok(false),
+                Ok(_) => return Ok(false),
+                // Files that disagree on a column's type, or a store that
+                // cannot be listed: say so rather than hide the table.
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "table {}: reading the columns of its files under {} (a column \
+                         whose type changed? see sql/README.md, Changing a metric's columns)",
+                        table.name,
+                        store.folder_url(&table.folder)
+                    )))
+                }
             }
         }
     };

@@ -1066,7 +1066,7 @@ async fn metric_files_reload_at_epoch_boundaries_and_files_name_their_definition
     let cancel = CancellationToken::new();
     let daemon = tokio::spawn(analytics_processor::run_daemon(
         settings.clone(),
-        run,
+        run.clone(),
         cancel.clone(),
     ));
     let store = OutputStore::open(output, &s3).unwrap();
@@ -1214,4 +1214,64 @@ async fn metric_files_reload_at_epoch_boundaries_and_files_name_their_definition
     let cells: Vec<&str> = signals_and_executions[0].split('|').collect();
     assert_eq!(cells[0], cells[1], "{signals_and_executions:?}");
     assert_ne!(cells[1], "null");
+
+    // While stopped: `events` removed again, venue_metrics_1m broken. The
+    // versions that ran last are recorded on the store, so reprocess refuses
+    // the removal and a restarted daemon reports both files and runs their
+    // last good versions.
+    save(&system, &text);
+    save(
+        &sql.join("venue_metrics_1m.sql"),
+        "-- description: executions per minute and venue\n-- keys: window_start, venue\n\
+         -- window: 1 minute\n-- owner: tests\n\
+         SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start, venu\n\
+         FROM executions GROUP BY 1, 2\n",
+    );
+    let e = reprocess(
+        &settings,
+        &ReprocessOpts {
+            metrics: vec!["system_metrics_1m".into()],
+            ..opts
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("column `events` is gone"), "{e}");
+    produce(
+        &topics,
+        &[
+            at(
+                "00000000-0000-4000-8000-00000000aa03",
+                "2026-01-01T12:00:10Z",
+            ),
+            at(
+                "00000000-0000-4000-8000-00000000aa04",
+                "2026-01-01T12:03:00Z",
+            ),
+        ],
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn(analytics_processor::run_daemon(
+        settings.clone(),
+        run,
+        cancel.clone(),
+    ));
+    wait_for(
+        &store,
+        "SELECT events FROM system_metrics_1m WHERE window_start = '2026-01-01T12:00:00Z'",
+        &["1"],
+    )
+    .await;
+    wait_for(
+        &store,
+        "SELECT venue, executions FROM venue_metrics_1m WHERE window_start = '2026-01-01T12:00:00Z'",
+        &["v1|1"],
+    )
+    .await;
+    cancel.cancel();
+    let summary = daemon.await.unwrap().unwrap();
+    assert_eq!(summary.definition_rejections, 2, "{summary:?}");
+    assert_eq!(definition_of(&file("12", "1200")), new_hash);
 }

@@ -144,12 +144,13 @@ pub async fn evolution_problems(old: &Metric, new: &Metric) -> Vec<Problem> {
 /// that pass the check (and, when changed, keep every column and its type)
 /// take effect, a failing one keeps its last good version (or stays out, if
 /// new), a deleted one stops. `skip` holds the [`rejection_key`]s of
-/// versions already rejected: they are not checked and reported again. A
-/// file written less than a second ago waits for the next reload.
+/// versions already rejected: they are not checked and reported again. With
+/// `settle`, a file written less than a second ago waits for the next reload.
 pub async fn reload(
     running: &[Metric],
     dir: &Path,
     skip: &std::collections::HashSet<String>,
+    settle: bool,
 ) -> Result<Reload, CatalogError> {
     let files = load(dir)?;
     let mut out = Reload::default();
@@ -159,7 +160,7 @@ pub async fn reload(
             out.catalog.push(m.clone());
             continue;
         }
-        if skip.contains(&rejection_key(m)) || settling(&m.path) {
+        if skip.contains(&rejection_key(m)) || (settle && settling(&m.path)) {
             out.catalog.extend(current.cloned());
             continue;
         }
@@ -340,6 +341,9 @@ pub async fn problems(metrics: &[Metric]) -> Vec<Problem> {
             )),
             Some(_) => {}
         }
+        out.extend(
+            column_problems(&m.sql, df.schema().as_arrow()).map(|(l, c, msg)| at(l, c, msg)),
+        );
         for key in &header.keys {
             if !fields.iter().any(|f| f.name() == key) {
                 out.push(at(
@@ -353,6 +357,56 @@ pub async fn problems(metrics: &[Metric]) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// Result columns the output tables cannot hold: a name that is not a plain
+/// lowercase identifier or is a partition column, a type no warehouse
+/// declares alike. Each is placed at the column's last mention, its alias
+/// in the final SELECT.
+fn column_problems<'a>(
+    sql: &'a str,
+    result: &'a arrow::datatypes::Schema,
+) -> impl Iterator<Item = (usize, usize, String)> + 'a {
+    let written: Vec<_> = super::engine::output_schema(result)
+        .fields()
+        .iter()
+        .cloned()
+        .collect();
+    written.into_iter().filter_map(move |f| {
+        let name = f.name();
+        let message = if crate::ddl::PARTITION_COLUMNS.contains(&name.as_str()) {
+            format!(
+                "column `{name}` has the name of a partition column (dt, hour come from the \
+                 folders): rename it"
+            )
+        } else if !plain_name(name) {
+            format!(
+                "column `{name}`: a column name is lowercase letters, digits and _, starting \
+                 with a letter or _ (name it with AS)"
+            )
+        } else if !crate::ddl::declarable(f.data_type()) {
+            format!(
+                "column `{name}` is of type {}, which the warehouse tables cannot declare: \
+                 CAST it to BIGINT, DOUBLE, VARCHAR, BOOLEAN, DATE or TIMESTAMP",
+                f.data_type()
+            )
+        } else {
+            return None;
+        };
+        let (line, column) = word_positions(sql, name)
+            .last()
+            .unwrap_or((select_line(sql), 0));
+        Some((line, column, message))
+    })
+}
+
+fn plain_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// The schema of the files `metric` writes (planned against empty inputs).
@@ -496,10 +550,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// First occurrence of `word` as a whole word outside `--` comments.
 fn find_word(sql: &str, word: &str) -> Option<(usize, usize)> {
+    word_positions(sql, word).next()
+}
+
+/// Every `(line, column)` where `word` stands as a whole identifier outside
+/// comments, in order.
+fn word_positions<'a>(sql: &'a str, word: &'a str) -> impl Iterator<Item = (usize, usize)> + 'a {
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    sql.lines().enumerate().find_map(|(i, line)| {
+    sql.lines().enumerate().flat_map(move |(i, line)| {
         let code = line.split("--").next().unwrap_or("");
-        code.match_indices(word).find_map(|(at, _)| {
+        code.match_indices(word).filter_map(move |(at, _)| {
             let before = code[..at].chars().next_back().is_none_or(|c| !is_ident(c));
             let after = code[at + word.len()..]
                 .chars()
@@ -579,6 +639,49 @@ mod tests {
         assert!(p[0]
             .to_string()
             .starts_with(&format!("{}:6:27: ", p[0].path.display())));
+    }
+
+    #[tokio::test]
+    async fn result_columns_must_fit_the_output_tables() {
+        let sql = format!(
+            "{HEAD}SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start,\n\
+             \x20      subscriber_id,\n\
+             \x20      count(*) AS dt,\n\
+             \x20      sum(fee) AS \"Fee Total\",\n\
+             \x20      CAST(sum(fee) AS DECIMAL(12, 2)) AS fee_decimal,\n\
+             \x20      CAST(count(*) AS SMALLINT) AS small,\n\
+             \x20      CAST(min(executed_at) AS DATE) AS day\n\
+             FROM executions GROUP BY 1, 2"
+        );
+        let p = problems_of(&sql).await;
+        let got: Vec<(usize, usize, &str)> = p
+            .iter()
+            .map(|p| (p.line, p.column, p.message.split(':').next().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (7, 20, "column `dt` has the name of a partition column (dt, hour come from the folders)"),
+                (8, 21, "column `Fee Total`"),
+                (9, 44, "column `fee_decimal` is of type Decimal128(12, 2), which the warehouse tables cannot declare"),
+            ],
+            "{p:?}"
+        );
+        // SMALLINT is written widened to INT, dates as dates: both fine.
+        let m = Metric {
+            name: "m".into(),
+            path: "m.sql".into(),
+            sql: sql.clone(),
+        };
+        let written = output_schema(&m).await.unwrap();
+        assert_eq!(
+            written.field_with_name("small").unwrap().data_type(),
+            &DataType::Int32
+        );
+        assert_eq!(
+            written.field_with_name("day").unwrap().data_type(),
+            &DataType::Date32
+        );
     }
 
     #[tokio::test]
@@ -690,7 +793,7 @@ mod tests {
         write("b.sql", &q("fee"));
         let running = load(dir.path()).unwrap();
         let none = std::collections::HashSet::new();
-        assert!(reload(&running, dir.path(), &none)
+        assert!(reload(&running, dir.path(), &none, true)
             .await
             .unwrap()
             .is_empty());
@@ -699,7 +802,7 @@ mod tests {
         write("b.sql", &q("filed_qty")); // changed, broken
         write("c.sql", &q("fee")); // added
         write("d.sql", &q("nope")); // added, broken
-        let r = reload(&running, dir.path(), &none).await.unwrap();
+        let r = reload(&running, dir.path(), &none, true).await.unwrap();
         assert_eq!(
             (r.added.clone(), r.changed.clone()),
             (vec!["c".into()], vec!["a".into()])
@@ -717,7 +820,7 @@ mod tests {
         // Rejected versions are not checked or reported again; removals count.
         let skip = r.rejected.iter().map(|(m, _)| rejection_key(m)).collect();
         std::fs::remove_file(dir.path().join("a.sql")).unwrap();
-        let again = reload(&r.catalog, dir.path(), &skip).await.unwrap();
+        let again = reload(&r.catalog, dir.path(), &skip, true).await.unwrap();
         assert!(again.rejected.is_empty() && again.added.is_empty());
         assert_eq!(again.removed, ["a"]);
         let names: Vec<_> = again.catalog.iter().map(|m| m.name.as_str()).collect();
@@ -726,8 +829,14 @@ mod tests {
 
         // A file being written now waits; a removed or retyped column is refused.
         std::fs::write(dir.path().join("c.sql"), q("filled_qty")).unwrap();
-        let settling = reload(&again.catalog, dir.path(), &skip).await.unwrap();
+        let settling = reload(&again.catalog, dir.path(), &skip, true)
+            .await
+            .unwrap();
         assert!(settling.is_empty(), "{settling:?}");
+        let at_start = reload(&again.catalog, dir.path(), &skip, false)
+            .await
+            .unwrap();
+        assert_eq!(at_start.changed, ["c"], "at start nothing waits");
         let q2 = |cols: &str| {
             format!(
                 "{HEAD}SELECT date_bin(INTERVAL '1 minute', executed_at) AS window_start,\n\
@@ -735,10 +844,14 @@ mod tests {
             )
         };
         write("c.sql", &q2("sum(fee) AS q, count(*) AS n")); // adds a column: fine
-        let added = reload(&again.catalog, dir.path(), &skip).await.unwrap();
+        let added = reload(&again.catalog, dir.path(), &skip, true)
+            .await
+            .unwrap();
         assert_eq!(added.changed, ["c"]);
         write("c.sql", &q2("sum(fee) AS total")); // q is gone
-        let gone = reload(&added.catalog, dir.path(), &skip).await.unwrap();
+        let gone = reload(&added.catalog, dir.path(), &skip, true)
+            .await
+            .unwrap();
         assert!(
             gone.rejected[0]
                 .1
@@ -754,7 +867,9 @@ mod tests {
             "{gone:?}"
         );
         write("c.sql", &q2("count(*) AS q, count(*) AS n")); // q: double -> bigint
-        let retyped = reload(&added.catalog, dir.path(), &skip).await.unwrap();
+        let retyped = reload(&added.catalog, dir.path(), &skip, true)
+            .await
+            .unwrap();
         let p = &retyped.rejected[0].1;
         assert!(
             p.len() == 1

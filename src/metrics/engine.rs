@@ -364,15 +364,17 @@ impl Finalizer {
 
 /// A metric column as written: timestamps in microseconds, UTC (the unit of
 /// the raw tables; Athena, BigQuery and Snowflake read no nanoseconds, and
-/// `date_bin` returns them).
+/// `date_bin` returns them); small integers and floats widened, losslessly,
+/// to the types every warehouse declares.
 pub fn output_field(f: &Field) -> Field {
-    match f.data_type() {
-        DataType::Timestamp(_, _) => f.clone().with_data_type(DataType::Timestamp(
-            TimeUnit::Microsecond,
-            Some("UTC".into()),
-        )),
-        _ => f.clone(),
-    }
+    let to = match f.data_type() {
+        DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 => DataType::Int64,
+        DataType::Float16 | DataType::Float32 => DataType::Float64,
+        _ => return f.clone(),
+    };
+    f.clone().with_data_type(to)
 }
 
 /// The schema of a metric's files, from the schema of its query.

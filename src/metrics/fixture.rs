@@ -328,10 +328,13 @@ async fn metric_rows(
             .collect::<Vec<_>>()
             .join(",")
     };
-    let ctx = crate::query::context(store)
+    let (ctx, unreadable) = crate::query::context(store)
         .await
         .map_err(|e| e.to_string())?;
     let name = &metric.name;
+    if let Some((_, e)) = unreadable.iter().find(|(n, _)| n == name) {
+        return Err(e.to_string());
+    }
     if !ctx.table_exist(name.as_str()).map_err(|e| e.to_string())? {
         let schema = super::catalog::output_schema(metric)
             .await
@@ -421,15 +424,65 @@ fn split_csv(line: &str) -> Vec<String> {
     fields
 }
 
+/// `rows` (a header first) cut to the columns `names`, in that order.
+fn project(rows: &[String], names: &[String]) -> Vec<String> {
+    let Some(header) = rows.first() else {
+        return vec![];
+    };
+    let at: Vec<Option<usize>> = {
+        let have = split_csv(header);
+        names
+            .iter()
+            .map(|n| have.iter().position(|h| h == n))
+            .collect()
+    };
+    let header = names.iter().map(|n| csv_field(n)).collect::<Vec<_>>();
+    std::iter::once(header.join(","))
+        .chain(rows.iter().skip(1).map(|r| {
+            let f = split_csv(r);
+            at.iter()
+                .map(|i| csv_field(i.and_then(|i| f.get(i)).map_or("", String::as_str)))
+                .collect::<Vec<_>>()
+                .join(",")
+        }))
+        .collect()
+}
+
 /// A readable difference between expected and actual rows: rows are matched
 /// by their key columns, so a changed value shows as `-` old, `+` new row,
-/// with the differing columns named.
+/// with the differing columns named. When the columns differ, that is said
+/// first, and then the rows are compared on the columns both have.
 pub fn diff(expected: &[String], actual: &[String], keys: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let (eh, ah) = (expected.first(), actual.first());
     if eh != ah {
         out.push(format!("- {}", eh.map_or("(no header)", |s| s.as_str())));
         out.push(format!("+ {}", ah.map_or("(no header)", |s| s.as_str())));
+        let (Some(eh), Some(ah)) = (eh, ah) else {
+            return out;
+        };
+        let (en, an) = (split_csv(eh), split_csv(ah));
+        let list = |names: Vec<&String>| match names.is_empty() {
+            true => "none".to_string(),
+            false => names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        out.push(format!(
+            "  columns added: {}; removed: {}",
+            list(an.iter().filter(|n| !en.contains(n)).collect()),
+            list(en.iter().filter(|n| !an.contains(n)).collect())
+        ));
+        let common: Vec<String> = en.iter().filter(|n| an.contains(n)).cloned().collect();
+        let rows = diff(&project(expected, &common), &project(actual, &common), keys);
+        if rows.is_empty() {
+            out.push("  the rows agree on the columns both have".into());
+        } else {
+            out.push("  the rows differ on the columns both have:".into());
+            out.extend(rows);
+        }
         return out;
     }
     let Some(header) = ah else { return out };
@@ -754,7 +807,36 @@ mod tests {
         );
         assert!(diff(&e, &e, &keys).is_empty());
         let other: Vec<String> = ["k,x"].map(String::from).into();
-        assert_eq!(diff(&e, &other, &keys), ["- k,v,w", "+ k,x"]);
+        assert_eq!(
+            diff(&e, &other, &keys),
+            [
+                "- k,v,w",
+                "+ k,x",
+                "  columns added: `x`; removed: `v`, `w`",
+                "  the rows differ on the columns both have:",
+                "- 1",
+                "- 2"
+            ]
+        );
+        // A column added: the rows are still compared on the others.
+        let wider: Vec<String> = ["k,v,w,n", "1,10,a,5", "2,22,b,6"].map(String::from).into();
+        assert_eq!(
+            diff(&e, &wider, &keys),
+            [
+                "- k,v,w",
+                "+ k,v,w,n",
+                "  columns added: `n`; removed: none",
+                "  the rows differ on the columns both have:",
+                "~ k=2 (v: 20 -> 22)",
+                "- 2,20,b",
+                "+ 2,22,b"
+            ]
+        );
+        let same: Vec<String> = ["k,v,w,n", "1,10,a,5", "2,20,b,6"].map(String::from).into();
+        assert_eq!(
+            diff(&e, &same, &keys)[3],
+            "  the rows agree on the columns both have"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod fixture;
 pub mod header;
 pub mod rewrite;
+pub mod running;
 pub mod udf;
 
 use std::sync::Arc;
