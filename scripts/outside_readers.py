@@ -137,5 +137,18 @@ for folder, metric in expected:
     failed += not ok
     print(f"{'ok ' if ok else 'BAD'} definition hash of {folder}/{metric}.sql: {want[:16]}… in {sorted(h[:16] for h in hashes)}")
 
-print(f"outside readers: {2 * len(CHECKS) + len(expected) - failed} passed, {failed} failed")
+# The metric's description (its header) is the table's comment in both.
+with open("sql/influencer_metrics_1m.sql") as f:
+    described = next(l for l in f if l.startswith("-- description:"))
+described = described.split(":", 1)[1].strip()
+comments = {
+    "duckdb": duck.execute("SELECT comment FROM duckdb_views() WHERE view_name = 'influencer_metrics_1m'").fetchone()[0],
+    "clickhouse": ch_row("SELECT comment FROM system.tables WHERE name = 'influencer_metrics_1m'")["comment"],
+}
+for engine, comment in comments.items():
+    ok = comment.startswith(described)
+    failed += not ok
+    print(f"{'ok ' if ok else 'BAD'} {engine:10} comment of influencer_metrics_1m: {comment!r}")
+
+print(f"outside readers: {2 * len(CHECKS) + len(expected) + len(comments) - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

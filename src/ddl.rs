@@ -23,6 +23,8 @@ pub enum Dialect {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DdlError {
+    #[error("--schema {0:?}: use lowercase letters, digits and _, starting with a letter")]
+    Schema(String),
     #[error("table {table}, column {column}: type {data_type} has no {dialect:?} equivalent")]
     Type {
         table: String,
@@ -40,6 +42,8 @@ pub struct TableDef {
     pub folder: String,
     pub schema: Schema,
     pub has_files: bool,
+    /// What one row is: the table's comment.
+    pub description: String,
 }
 
 /// Where the output root is, as each engine needs to be told.
@@ -226,6 +230,15 @@ fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// A string literal where quotes are escaped with a backslash (Hive DDL,
+/// BigQuery), in `quote`s.
+fn escaped(s: &str, quote: char) -> String {
+    let body = s
+        .replace('\\', "\\\\")
+        .replace(quote, &format!("\\{quote}"));
+    format!("{quote}{body}{quote}")
+}
+
 /// The statements for every table of `tables` over `root`, `schema` being
 /// the warehouse schema (dataset) for the engines that keep tables in one.
 pub fn statements(
@@ -234,6 +247,13 @@ pub fn statements(
     schema: &str,
     tables: &[TableDef],
 ) -> Result<String, DdlError> {
+    let plain = schema.starts_with(|c: char| c.is_ascii_lowercase())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain {
+        return Err(DdlError::Schema(schema.to_string()));
+    }
     let mut out = vec![preamble(dialect, root, schema)];
     for t in tables {
         let cols = columns(dialect, t)?;
@@ -277,7 +297,8 @@ fn preamble(dialect: Dialect, root: &Root, schema: &str) -> String {
                 .into(),
         ),
         Dialect::Trino => lines.push(format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};\n\
+            "-- Run in a Hive connector catalog: USE <catalog>.{schema} (after the schema exists).\n\
+             CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n\
              -- Times are created as timestamp(3); read them with their microseconds:\n\
              -- SET SESSION <catalog>.timestamp_precision = 'MICROSECONDS';"
         )),
@@ -331,9 +352,10 @@ fn table(
             let text = format!(
                 "CREATE OR REPLACE VIEW {name} AS\nSELECT\n{}\nFROM read_parquet({},\n    \
                  hive_partitioning = true, hive_types = {{'dt': VARCHAR, 'hour': VARCHAR}}, \
-                 union_by_name = true);\n",
+                 union_by_name = true);\nCOMMENT ON VIEW {name} IS {};\n",
                 select.join(",\n"),
-                lit(&format!("{folder}/{FILES}"))
+                lit(&format!("{folder}/{FILES}")),
+                lit(&t.description)
             );
             if t.has_files {
                 text
@@ -355,9 +377,10 @@ fn table(
             let function = if root.is_s3() { "s3" } else { "file" };
             format!(
                 "CREATE OR REPLACE VIEW {name} AS\nSELECT * FROM {function}({}, Parquet,\n    {})\n\
-                 SETTINGS use_hive_partitioning = 1;\n",
+                 SETTINGS use_hive_partitioning = 1\nCOMMENT {};\n",
                 lit(&format!("{}/{FILES}", root.http_folder(&t.folder))),
-                lit(&structure.join(", "))
+                lit(&structure.join(", ")),
+                lit(&t.description)
             )
         }
         Dialect::Trino => {
@@ -374,11 +397,12 @@ fn table(
             // picks up columns a metric added.
             format!(
                 "DROP TABLE IF EXISTS \"{schema}\".\"{name}\";\n\
-                 CREATE TABLE \"{schema}\".\"{name}\" (\n{}\n) WITH (\n    \
+                 CREATE TABLE \"{schema}\".\"{name}\" (\n{}\n)\nCOMMENT {}\nWITH (\n    \
                  external_location = {},\n    format = 'PARQUET',\n    \
                  partitioned_by = ARRAY['dt', 'hour']\n);\n\
                  CALL system.sync_partition_metadata({}, {}, 'FULL');\n",
                 defs.join(",\n"),
+                lit(&t.description),
                 lit(&format!("{folder}/")),
                 lit(schema),
                 lit(name)
@@ -392,10 +416,11 @@ fn table(
             // Backquoted: Athena needs it for names starting with `_`.
             format!(
                 "DROP TABLE IF EXISTS `{schema}`.`{name}`;\n\
-                 CREATE EXTERNAL TABLE `{schema}`.`{name}` (\n{}\n)\n\
+                 CREATE EXTERNAL TABLE `{schema}`.`{name}` (\n{}\n)\nCOMMENT {}\n\
                  PARTITIONED BY (`dt` string, `hour` string)\nSTORED AS PARQUET\nLOCATION {};\n\
                  MSCK REPAIR TABLE `{schema}`.`{name}`;\n",
                 defs.join(",\n"),
+                escaped(&t.description, '\''),
                 lit(&format!("{folder}/"))
             )
         }
@@ -407,11 +432,13 @@ fn table(
             format!(
                 "CREATE OR REPLACE EXTERNAL TABLE `{schema}.{name}` (\n{}\n)\n{}\
                  WITH PARTITION COLUMNS (`dt` STRING, `hour` STRING)\nOPTIONS (\n    \
+                 description = {},\n    \
                  format = 'PARQUET',\n    uris = [{}],\n    hive_partition_uri_prefix = {}\n);\n",
                 defs.join(",\n"),
                 root.connection
                     .as_deref()
                     .map_or(String::new(), |c| format!("WITH CONNECTION `{c}`\n")),
+                escaped(&t.description, '"'),
                 lit(&format!("{folder}/*")),
                 lit(&format!("{folder}/"))
             )
@@ -435,10 +462,11 @@ fn table(
             format!(
                 "CREATE OR REPLACE EXTERNAL TABLE {schema}.{name} (\n{}\n)\n\
                  PARTITION BY (\"DT\", \"HOUR\")\nLOCATION = @{schema}.analytics_processor_output/{}/\n\
-                 FILE_FORMAT = (TYPE = PARQUET)\nAUTO_REFRESH = FALSE;\n\
+                 FILE_FORMAT = (TYPE = PARQUET)\nAUTO_REFRESH = FALSE\nCOMMENT = {};\n\
                  ALTER EXTERNAL TABLE {schema}.{name} REFRESH;\n",
                 defs.join(",\n"),
-                t.folder
+                t.folder,
+                lit(&t.description)
             )
         }
     }
@@ -466,12 +494,14 @@ mod tests {
                     ),
                 ]),
                 has_files: true,
+                description: "One row per minute; it's \"final\".".into(),
             },
             TableDef {
                 name: "late_execution_results".into(),
                 folder: "_late/execution_results".into(),
                 schema: Schema::new(vec![Field::new("payload", DataType::Binary, true)]),
                 has_files: false,
+                description: String::new(),
             },
         ]
     }
@@ -583,7 +613,11 @@ mod tests {
         ] {
             assert!(snow.contains(needle), "{needle}:\n{snow}");
         }
-        assert!(sql(Dialect::Trino).contains("CREATE SCHEMA IF NOT EXISTS analytics;"));
+        assert!(sql(Dialect::Trino).contains("CREATE SCHEMA IF NOT EXISTS \"analytics\";"));
+        for bad in ["", "a b", "x\"y", "Upper", "1st"] {
+            let e = statements(Dialect::Trino, &local(), bad, &tables()).unwrap_err();
+            assert!(e.to_string().starts_with("--schema"), "{bad}: {e}");
+        }
         let bad = TableDef {
             schema: Schema::new(vec![Field::new("d", DataType::Decimal128(10, 2), true)]),
             ..tables().remove(0)
@@ -602,6 +636,39 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn descriptions_become_table_comments() {
+        for (d, want) in [
+            (
+                Dialect::Duckdb,
+                "COMMENT ON VIEW system_metrics_1m IS 'One row per minute; it''s \"final\".';",
+            ),
+            (
+                Dialect::Clickhouse,
+                "SETTINGS use_hive_partitioning = 1\nCOMMENT 'One row per minute; it''s \"final\".';",
+            ),
+            (
+                Dialect::Trino,
+                ")\nCOMMENT 'One row per minute; it''s \"final\".'\nWITH (",
+            ),
+            (
+                Dialect::Athena,
+                ")\nCOMMENT 'One row per minute; it\\'s \"final\".'\nPARTITIONED BY",
+            ),
+            (
+                Dialect::Bigquery,
+                "    description = \"One row per minute; it's \\\"final\\\".\",\n",
+            ),
+            (
+                Dialect::Snowflake,
+                "AUTO_REFRESH = FALSE\nCOMMENT = 'One row per minute; it''s \"final\".';",
+            ),
+        ] {
+            let sql = statements(d, &s3(), "a", &tables()).unwrap();
+            assert!(sql.contains(want), "{d:?} lacks {want}:\n{sql}");
+        }
     }
 
     #[test]

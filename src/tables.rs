@@ -23,14 +23,17 @@ pub struct Table {
     pub folder: String,
     /// Known schema; `None` for metrics, whose schema comes from their files.
     pub schema: Option<SchemaRef>,
+    /// What one row is (a fixed table's; a metric's is in its header).
+    pub description: &'static str,
 }
 
 impl Table {
-    fn fixed(name: &str, folder: &str, schema: SchemaRef) -> Self {
+    fn fixed(name: &str, folder: &str, schema: SchemaRef, description: &'static str) -> Self {
         Self {
             name: name.into(),
             folder: folder.into(),
             schema: Some(schema),
+            description,
         }
     }
 
@@ -40,6 +43,7 @@ impl Table {
             name: name.into(),
             folder: format!("metrics/{name}"),
             schema: None,
+            description: "",
         }
     }
 }
@@ -69,42 +73,62 @@ pub fn fixed_tables() -> Vec<Table> {
             RAW_SIGNALS,
             "raw/influencer_signals",
             schema::raw_signals_schema(),
+            "Every valid influencer signal as received, with its Kafka position and ingestion \
+             time (duplicates and late events included).",
         ),
         Table::fixed(
             RAW_EXECUTIONS,
             "raw/execution_results",
             schema::raw_executions_schema(),
+            "Every valid execution result as received, with its Kafka position and ingestion \
+             time (duplicates and late events included).",
         ),
-        Table::fixed(SIGNALS, "signals", schema::signals_schema()),
+        Table::fixed(
+            SIGNALS,
+            "signals",
+            schema::signals_schema(),
+            "One row per signal of a final window, deduplicated by signal_id.",
+        ),
         Table::fixed(
             EXECUTIONS_ENRICHED,
             "executions_enriched",
             schema::executions_enriched_schema(),
+            "One row per execution of a final window, deduplicated by execution_id and joined \
+             to its signal (signal price and time, slippage_bps, signal_to_fill_ms).",
         ),
         Table::fixed(
             "dead_letter_influencer_signals",
             &dead_letter_folder(SIGNALS_TOPIC),
             schema::dead_letter_schema(),
+            "Messages of influencer_signals that failed decoding or validation: their bytes, \
+             Kafka position, error kind and reason.",
         ),
         Table::fixed(
             "dead_letter_execution_results",
             &dead_letter_folder(EXECUTIONS_TOPIC),
             schema::dead_letter_schema(),
+            "Messages of execution_results that failed decoding or validation: their bytes, \
+             Kafka position, error kind and reason.",
         ),
         Table::fixed(
             "_completeness",
             COMPLETENESS_FOLDER,
             schema::completeness_schema(),
+            "One row per final table and hour, once every window of the hour is final.",
         ),
         Table::fixed(
             "late_influencer_signals",
             &late_folder(SIGNALS_TOPIC),
             schema::late_schema(),
+            "Signals that arrived after their window was final (left out of it until a \
+             reprocess): how late, and their Kafka position.",
         ),
         Table::fixed(
             "late_execution_results",
             &late_folder(EXECUTIONS_TOPIC),
             schema::late_schema(),
+            "Executions that arrived after their window was final (left out of it until a \
+             reprocess): how late, and their Kafka position.",
         ),
     ]
 }
@@ -170,7 +194,7 @@ pub async fn definitions(
     store: &OutputStore,
     metrics: &[crate::metrics::catalog::Metric],
 ) -> Result<Vec<crate::ddl::TableDef>> {
-    let mut tables: Vec<(Table, arrow::datatypes::Schema)> = fixed_tables()
+    let mut tables: Vec<(Table, arrow::datatypes::Schema, String)> = fixed_tables()
         .into_iter()
         .map(|t| {
             let s = t
@@ -178,15 +202,17 @@ pub async fn definitions(
                 .as_deref()
                 .cloned()
                 .expect("fixed tables have a schema");
-            (t, s)
+            let d = t.description.to_string();
+            (t, s, d)
         })
         .collect();
     for m in metrics {
         let schema = crate::metrics::catalog::output_schema(m).await?;
-        tables.push((Table::metric(&m.name), schema));
+        let description = m.header().map(|h| h.description).unwrap_or_default();
+        tables.push((Table::metric(&m.name), schema, description));
     }
     let mut out = Vec::with_capacity(tables.len());
-    for (t, schema) in tables {
+    for (t, schema, description) in tables {
         let has_files = store
             .holds_any(&t.folder, ".parquet")
             .await
@@ -196,6 +222,7 @@ pub async fn definitions(
             name: t.name,
             folder: t.folder,
             schema,
+            description,
         });
     }
     Ok(out)
