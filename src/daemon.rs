@@ -237,14 +237,6 @@ impl DefinitionRejected<'_> {
     }
 }
 
-/// Whether `a` and `b` hold the same definitions (paths aside: a recorded
-/// version and its file are the same definition).
-fn same_definitions(a: &[Metric], b: &[Metric]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .all(|m| b.iter().any(|n| n.name == m.name && n.sql == m.sql))
-}
-
 /// Names safe in store paths and file names.
 fn valid_instance_id(id: &str) -> bool {
     !id.is_empty()
@@ -580,7 +572,7 @@ impl Daemon {
         if !r.is_empty() {
             self.take_reload(r);
         }
-        if !same_definitions(&self.recorded, &self.metrics) {
+        if !running::same(&self.recorded, &self.metrics) {
             match running::record(&self.store, &self.recorded, &self.metrics).await {
                 Ok(()) => self.recorded = self.metrics.to_vec(),
                 // Tried again at the next epoch; meanwhile a restart would

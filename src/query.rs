@@ -47,13 +47,25 @@ pub async fn collect(store: &OutputStore, sql: &str) -> Result<Vec<RecordBatch>,
     {
         Ok(df) => df,
         Err(e) => {
+            let reads = tables_read(&ctx, sql);
             let why = unreadable
                 .into_iter()
-                .find(|(name, _)| sql.contains(name.as_str()));
+                .find(|(name, _)| reads.contains(name));
             return Err(why.map_or(e, |(_, why)| why).into());
         }
     };
     Ok(df.collect().await?)
+}
+
+/// The names of the tables `sql` reads (none if it does not parse).
+fn tables_read(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    state
+        .sql_to_statement(sql, &dialect)
+        .and_then(|s| state.resolve_table_references(&s))
+        .map(|refs| refs.iter().map(|r| r.table().to_string()).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -104,6 +116,9 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("Changing a metric's columns"), "{e}");
+        // Only a query that reads it gets its reason.
+        let e = collect(&store, "SELECT * FROM nope_x").await.unwrap_err();
+        assert!(!e.to_string().contains("table x:"), "{e}");
         // Other tables stay queryable.
         let n = collect(&store, "SELECT count(*) FROM raw_execution_results").await;
         assert!(n.is_ok(), "{n:?}");

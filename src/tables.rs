@@ -24,16 +24,16 @@ pub struct Table {
     /// Known schema; `None` for metrics, whose schema comes from their files.
     pub schema: Option<SchemaRef>,
     /// What one row is (a fixed table's; a metric's is in its header).
-    pub description: &'static str,
+    pub description: String,
 }
 
 impl Table {
-    fn fixed(name: &str, folder: &str, schema: SchemaRef, description: &'static str) -> Self {
+    fn fixed(name: &str, folder: &str, schema: SchemaRef, description: &str) -> Self {
         Self {
             name: name.into(),
             folder: folder.into(),
             schema: Some(schema),
-            description,
+            description: description.into(),
         }
     }
 
@@ -43,7 +43,7 @@ impl Table {
             name: name.into(),
             folder: format!("metrics/{name}"),
             schema: None,
-            description: "",
+            description: String::new(),
         }
     }
 }
@@ -68,7 +68,7 @@ pub fn late_folder(topic: &str) -> String {
 
 /// The tables whose schema the service fixes.
 pub fn fixed_tables() -> Vec<Table> {
-    vec![
+    let mut tables = vec![
         Table::fixed(
             RAW_SIGNALS,
             "raw/influencer_signals",
@@ -97,40 +97,33 @@ pub fn fixed_tables() -> Vec<Table> {
              to its signal (signal price and time, slippage_bps, signal_to_fill_ms).",
         ),
         Table::fixed(
-            "dead_letter_influencer_signals",
-            &dead_letter_folder(SIGNALS_TOPIC),
-            schema::dead_letter_schema(),
-            "Messages of influencer_signals that failed decoding or validation: their bytes, \
-             Kafka position, error kind and reason.",
-        ),
-        Table::fixed(
-            "dead_letter_execution_results",
-            &dead_letter_folder(EXECUTIONS_TOPIC),
-            schema::dead_letter_schema(),
-            "Messages of execution_results that failed decoding or validation: their bytes, \
-             Kafka position, error kind and reason.",
-        ),
-        Table::fixed(
             "_completeness",
             COMPLETENESS_FOLDER,
             schema::completeness_schema(),
             "One row per final table and hour, once every window of the hour is final.",
         ),
-        Table::fixed(
-            "late_influencer_signals",
-            &late_folder(SIGNALS_TOPIC),
+    ];
+    for (topic, events) in [(SIGNALS_TOPIC, "Signals"), (EXECUTIONS_TOPIC, "Executions")] {
+        tables.push(Table::fixed(
+            &format!("dead_letter_{topic}"),
+            &dead_letter_folder(topic),
+            schema::dead_letter_schema(),
+            &format!(
+                "Messages of {topic} that failed decoding or validation: their bytes, Kafka \
+                 position, error kind and reason."
+            ),
+        ));
+        tables.push(Table::fixed(
+            &format!("late_{topic}"),
+            &late_folder(topic),
             schema::late_schema(),
-            "Signals that arrived after their window was final (left out of it until a \
-             reprocess): how late, and their Kafka position.",
-        ),
-        Table::fixed(
-            "late_execution_results",
-            &late_folder(EXECUTIONS_TOPIC),
-            schema::late_schema(),
-            "Executions that arrived after their window was final (left out of it until a \
-             reprocess): how late, and their Kafka position.",
-        ),
-    ]
+            &format!(
+                "{events} that arrived after their window was final (left out of it until a \
+                 reprocess): how late, and their Kafka position."
+            ),
+        ));
+    }
+    tables
 }
 
 /// The folder of the table `name`: a fixed table's, else a metric's.
@@ -194,7 +187,7 @@ pub async fn definitions(
     store: &OutputStore,
     metrics: &[crate::metrics::catalog::Metric],
 ) -> Result<Vec<crate::ddl::TableDef>> {
-    let mut tables: Vec<(Table, arrow::datatypes::Schema, String)> = fixed_tables()
+    let mut tables: Vec<(Table, arrow::datatypes::Schema)> = fixed_tables()
         .into_iter()
         .map(|t| {
             let s = t
@@ -202,17 +195,19 @@ pub async fn definitions(
                 .as_deref()
                 .cloned()
                 .expect("fixed tables have a schema");
-            let d = t.description.to_string();
-            (t, s, d)
+            (t, s)
         })
         .collect();
     for m in metrics {
         let schema = crate::metrics::catalog::output_schema(m).await?;
-        let description = m.header().map(|h| h.description).unwrap_or_default();
-        tables.push((Table::metric(&m.name), schema, description));
+        let table = Table {
+            description: m.header().map(|h| h.description).unwrap_or_default(),
+            ..Table::metric(&m.name)
+        };
+        tables.push((table, schema));
     }
     let mut out = Vec::with_capacity(tables.len());
-    for (t, schema, description) in tables {
+    for (t, schema) in tables {
         let has_files = store
             .holds_any(&t.folder, ".parquet")
             .await
@@ -222,7 +217,7 @@ pub async fn definitions(
             name: t.name,
             folder: t.folder,
             schema,
-            description,
+            description: t.description,
         });
     }
     Ok(out)

@@ -40,6 +40,17 @@ pub async fn recorded(store: &OutputStore) -> Result<Vec<Metric>, StoreError> {
     Ok(out)
 }
 
+/// Whether `list` holds the definition `m` (paths aside: a recorded version
+/// and its file are the same definition).
+fn holds(list: &[Metric], m: &Metric) -> bool {
+    list.iter().any(|n| n.name == m.name && n.sql == m.sql)
+}
+
+/// Whether `a` and `b` hold the same definitions.
+pub fn same(a: &[Metric], b: &[Metric]) -> bool {
+    a.len() == b.len() && a.iter().all(|m| holds(b, m))
+}
+
 /// Makes the record say `running`, given that it said `before`: writes the
 /// definitions that differ, deletes those no longer running.
 pub async fn record(
@@ -48,7 +59,7 @@ pub async fn record(
     running: &[Metric],
 ) -> Result<(), StoreError> {
     for m in running {
-        if !before.iter().any(|b| b.name == m.name && b.sql == m.sql) {
+        if !holds(before, m) {
             store
                 .put(&object(&m.name), Bytes::from(m.sql.clone()))
                 .await?;
@@ -116,6 +127,7 @@ mod tests {
             .await
             .unwrap();
         let got = recorded(&store).await.unwrap();
+        assert!(same(&got, std::slice::from_ref(&b2)) && !same(&got, &[a, b]));
         assert_eq!(got.len(), 1);
         assert_eq!(
             (got[0].name.as_str(), got[0].sql.as_str()),
